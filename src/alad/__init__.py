@@ -1,0 +1,1 @@
+"""alad: Alignment Adapters for compressed transformer encoders."""
