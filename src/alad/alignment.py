@@ -1,0 +1,555 @@
+"""Alignment training (recipe stages 1 and 2): adapters learn to predict the teacher's states.
+
+Student and teacher are frozen, so their token states come from the embedding cache: the teacher
+runs once per corpus, not once per step, window and epoch. Every requested window size is trained
+in the same pass over each batch (one adapter, optimiser and schedule per window). A held-out
+split gives validation MSE and mean cosine per epoch; each window keeps its best epoch. The run
+folder holds a resumable checkpoint, so an interrupted run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from alad.adapter import AdapterConfig, AlignmentAdapter
+from alad.cache import EmbeddingCache, TokenEmbeddings
+from alad.models import MINILM, MPNET, Encoder, load_encoder
+from alad.serialization import (
+    ArtefactError,
+    atomic_write,
+    config_from_dict,
+    config_to_dict,
+    read_json,
+    write_json_atomic,
+    write_text_atomic,
+)
+from alad.tokenizer_alignment import segment_texts, teacher_targets
+
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG = "run_config.json"
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class AlignConfig:
+    """Settings of one alignment run; saved as ``run_config.json`` in the run folder."""
+
+    student: str = field(default=MINILM, metadata={"help": "student encoder: packaged name, folder or hub id"})
+    teacher: str = field(default=MPNET, metadata={"help": "teacher encoder: packaged name, folder or hub id"})
+    corpus: str | None = field(
+        default=None,
+        metadata={"help": "text file, CoNLL, CoNLL-U or SQuAD JSON; default: the 100k-sentence corpus"},
+    )
+    corpus_format: str = field(default="auto", metadata={"help": "auto, text, conll2003, conllu or squad"})
+    max_texts: int | None = field(default=2000, metadata={"help": "use the first N texts of the corpus (None: all)"})
+    windows: tuple[int, ...] | None = field(
+        default=None,
+        metadata={"help": "odd window sizes trained together; default (1, 3, 5) or those of --init"},
+    )
+    hidden_size: int = field(default=1280, metadata={"help": "adapter MLP hidden width"})
+    activation: str = field(default="gelu", metadata={"help": "adapter activation"})
+    dropout: float = field(default=0.1, metadata={"help": "adapter dropout"})
+    init: str | None = field(
+        default=None,
+        metadata={"help": "continue from an adapter folder, or a run folder with w<K> adapters (stage 2)"},
+    )
+    student_layer: int = field(default=-1, metadata={"help": "student hidden layer to read (-1: last)"})
+    teacher_layer: int = field(default=-1, metadata={"help": "teacher hidden layer to predict (-1: last)"})
+    loss: str = field(default="mse", metadata={"help": "mse or cosine"})
+    epochs: int = field(default=10, metadata={"help": "passes over the training split"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps with linear warm-up, then linear decay"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm per adapter (0: off)"})
+    batch_tokens: int = field(default=1024, metadata={"help": "padded tokens per batch"})
+    val_fraction: float = field(default=0.1, metadata={"help": "share of texts held out for validation"})
+    seed: int = field(default=0, metadata={"help": "seed for split, batching, init and dropout"})
+    checkpoint_every: int = field(default=50, metadata={"help": "also checkpoint every N steps (0: epoch ends only)"})
+    cache_dir: str | None = field(default=None, metadata={"help": "embedding cache folder (default ~/.cache/alad)"})
+
+    def __post_init__(self) -> None:
+        if self.windows is not None:
+            self.windows = tuple(int(w) for w in self.windows)
+            for window in self.windows:
+                if window < 1 or window % 2 == 0:
+                    raise ValueError(f"window sizes must be odd integers >= 1, got {window} in {self.windows}")
+        if self.loss not in ("mse", "cosine"):
+            raise ValueError(f"loss must be 'mse' or 'cosine', got {self.loss!r}")
+        if self.epochs < 1 or self.batch_tokens < 1:
+            raise ValueError("epochs and batch_tokens must be >= 1")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.max_texts is not None and self.max_texts < 2:
+            raise ValueError("max_texts must be at least 2 (one to train on, one to validate)")
+
+
+@dataclass
+class AlignmentData:
+    """Per-text student states, teacher targets on student tokens, and which tokens count."""
+
+    student: list[torch.Tensor]  # [T, d_s] float16
+    targets: list[torch.Tensor]  # [T, d_t] float16
+    loss_mask: list[torch.Tensor]  # [T] bool
+
+    def __len__(self) -> int:
+        return len(self.student)
+
+    @classmethod
+    def from_embeddings(cls, student: TokenEmbeddings, teacher: TokenEmbeddings) -> AlignmentData:
+        if student.texts != teacher.texts:
+            raise ValueError("student and teacher embeddings were computed on different texts")
+        targets, masks = [], []
+        for s_spans, t_spans, t_states in zip(student.spans, teacher.spans, teacher.states, strict=True):
+            target, mask = teacher_targets(s_spans, t_spans, t_states)
+            targets.append(target.to(torch.float16))
+            masks.append(mask)
+        return cls(student=list(student.states), targets=targets, loss_mask=masks)
+
+    def subset(self, indices: Sequence[int]) -> AlignmentData:
+        return AlignmentData(
+            [self.student[i] for i in indices],
+            [self.targets[i] for i in indices],
+            [self.loss_mask[i] for i in indices],
+        )
+
+    def collate(self, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        """Pad a batch: student [B,T,d_s], attention mask [B,T], targets [B,T,d_t], loss mask [B,T]."""
+        width = max(self.student[i].shape[0] for i in indices)
+        d_s, d_t = self.student[indices[0]].shape[1], self.targets[indices[0]].shape[1]
+        x = torch.zeros(len(indices), width, d_s)
+        y = torch.zeros(len(indices), width, d_t)
+        attention = torch.zeros(len(indices), width)
+        counted = torch.zeros(len(indices), width, dtype=torch.bool)
+        for row, i in enumerate(indices):
+            length = self.student[i].shape[0]
+            x[row, :length] = self.student[i].float()
+            y[row, :length] = self.targets[i].float()
+            attention[row, :length] = 1
+            counted[row, :length] = self.loss_mask[i]
+        return x, attention, y, counted
+
+
+def token_batches(lengths: Sequence[int], batch_tokens: int, seed: int) -> list[list[int]]:
+    """Batches of similar length under a padded-token budget, in a seeded random order."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)  # ties between equal lengths are broken randomly, then sorted by length
+    order.sort(key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        if current and lengths[index] * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    rng.shuffle(batches)
+    return batches
+
+
+def alignment_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Mean over counted tokens of the per-token MSE (or 1 - cosine)."""
+    if kind == "mse":
+        per_token = (pred - target).pow(2).mean(dim=-1)
+    else:
+        per_token = 1.0 - F.cosine_similarity(pred, target, dim=-1, eps=1e-6)
+    return per_token[mask].mean() if mask.any() else pred.sum() * 0.0
+
+
+@torch.no_grad()
+def evaluate_adapter(adapter: AlignmentAdapter, data: AlignmentData, batch_tokens: int = 4096) -> dict[str, float]:
+    """Validation MSE and mean cosine similarity over counted tokens."""
+    was_training = adapter.training
+    adapter.eval()
+    sq, cos, count = 0.0, 0.0, 0
+    for batch in token_batches([t.shape[0] for t in data.student], batch_tokens, seed=0):
+        x, attention, y, counted = data.collate(batch)
+        pred = adapter(x, attention)
+        sq += (pred - y).pow(2).mean(dim=-1)[counted].sum().item()
+        cos += F.cosine_similarity(pred, y, dim=-1, eps=1e-6)[counted].sum().item()
+        count += int(counted.sum())
+    adapter.train(was_training)
+    return {"mse": sq / max(count, 1), "cosine": cos / max(count, 1), "tokens": count}
+
+
+def mean_predictor_metrics(train: AlignmentData, val: AlignmentData) -> dict[str, float]:
+    """Scores of the trivial predictor that always outputs the teacher's mean training token state."""
+    mean = torch.cat([t.float()[m] for t, m in zip(train.targets, train.loss_mask, strict=True)]).mean(dim=0)
+    targets = torch.cat([t.float()[m] for t, m in zip(val.targets, val.loss_mask, strict=True)])
+    return {
+        "mse": (targets - mean).pow(2).mean().item(),
+        "cosine": F.cosine_similarity(targets, mean.expand_as(targets), dim=-1, eps=1e-6).mean().item(),
+    }
+
+
+def load_texts(config: AlignConfig) -> list[str]:
+    from alad.data_sources import corpus_path
+    from alad.readers import read_texts
+
+    path = Path(config.corpus) if config.corpus else corpus_path()
+    texts = read_texts(path, format=config.corpus_format)
+    if config.max_texts is not None:
+        texts = texts[: config.max_texts]
+    return texts
+
+
+def _init_adapters(config: AlignConfig, student_dim: int, teacher_dim: int) -> dict[int, AlignmentAdapter]:
+    """Fresh adapters, or those of ``config.init`` (an adapter folder or a run folder of them)."""
+    if config.init is None:
+        windows = config.windows or (1, 3, 5)
+        adapters = {}
+        for window in windows:
+            torch.manual_seed(config.seed * 1000 + window)
+            adapters[window] = AlignmentAdapter(
+                AdapterConfig(
+                    student_dim=student_dim,
+                    teacher_dim=teacher_dim,
+                    window=window,
+                    hidden_size=config.hidden_size,
+                    activation=config.activation,
+                    dropout=config.dropout,
+                )
+            )
+        return adapters
+    init = Path(config.init)
+    if not init.is_dir():
+        raise FileNotFoundError(f"--init {init} is not a folder; pass an adapter folder or an alignment run folder")
+    found = {}
+    if (init / "adapter_config.json").is_file():
+        adapter = AlignmentAdapter.from_pretrained(init)
+        found[adapter.config.window] = adapter
+    else:
+        for sub in sorted(init.glob("w*")):
+            if (sub / "adapter_config.json").is_file():
+                adapter = AlignmentAdapter.from_pretrained(sub)
+                found[adapter.config.window] = adapter
+    if not found:
+        raise ArtefactError(f"--init {init} holds no adapter (adapter_config.json, or w<K>/adapter_config.json)")
+    windows = config.windows or tuple(sorted(found))
+    missing = [w for w in windows if w not in found]
+    if missing:
+        raise ValueError(f"--init {init} has adapters for windows {sorted(found)}, not for {missing}")
+    for window in windows:
+        cfg = found[window].config
+        if (cfg.student_dim, cfg.teacher_dim) != (student_dim, teacher_dim):
+            raise ValueError(
+                f"--init adapter w{window} maps {cfg.student_dim} -> {cfg.teacher_dim} dims, but this student has "
+                f"{student_dim} and this teacher {teacher_dim}: it was aligned for another pair"
+            )
+    return {w: found[w] for w in windows}
+
+
+def _schedule(total_steps: int, warmup_ratio: float):
+    warmup = max(1, int(round(total_steps * warmup_ratio)))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+@dataclass
+class _Trainer:
+    adapter: AlignmentAdapter
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    best: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _save_checkpoint(out: Path, trainers: dict[int, _Trainer], epoch: int, batch: int, step: int, extra: dict) -> None:
+    state = {
+        "epoch": epoch,
+        "batch": batch,
+        "step": step,
+        "rng": torch.get_rng_state(),
+        "extra": extra,
+        "trainers": {
+            w: {
+                "adapter": t.adapter.state_dict(),
+                "optimizer": t.optimizer.state_dict(),
+                "scheduler": t.scheduler.state_dict(),
+                "best": t.best,
+                "history": t.history,
+            }
+            for w, t in trainers.items()
+        },
+    }
+    (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+    atomic_write(out / CHECKPOINT_DIR / "state.pt", lambda tmp: torch.save(state, tmp))
+
+
+def _load_checkpoint(out: Path) -> dict | None:
+    path = out / CHECKPOINT_DIR / "state.pt"
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same advice
+        raise ArtefactError(f"checkpoint {path} is corrupt ({err}); delete it to restart the run") from err
+
+
+def _adapter_metadata(config: AlignConfig, trainer: _Trainer, extra: dict) -> dict:
+    return {
+        "student": config.student,
+        "teacher": config.teacher,
+        "student_layer": config.student_layer,
+        "teacher_layer": config.teacher_layer,
+        "corpus": config.corpus or "default corpus",
+        "init": config.init,
+        **extra,
+        "best": trainer.best,
+        "history": trainer.history,
+    }
+
+
+def align(
+    out_dir: str | os.PathLike,
+    config: AlignConfig | None = None,
+    *,
+    texts: Sequence[str] | None = None,
+    student: Encoder | None = None,
+    teacher: Encoder | None = None,
+    show_progress: bool = True,
+    stop_after_steps: int | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Train alignment adapters for every window size and save the best of each to ``out_dir/w<K>``.
+
+    ``texts``, ``student`` and ``teacher`` override what the config names (already-loaded models,
+    e.g. compressed in memory). ``stop_after_steps`` ends the run early as an interruption would,
+    leaving a checkpoint to resume from. Returns the run summary (also in ``summary.json``).
+    """
+    config = dataclasses.replace(config or AlignConfig(), **overrides)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_same_run(out, config)
+    if (out / SUMMARY_JSON).is_file() and not (out / CHECKPOINT_DIR).exists():
+        logger.info("%s already holds a finished run; returning its summary", out)
+        return read_json(out / SUMMARY_JSON, "run summary")
+
+    texts = list(texts) if texts is not None else load_texts(config)
+    student = student or load_encoder(config.student)
+    teacher = teacher or load_encoder(config.teacher)
+    segments = segment_texts(texts, [(student.tokenizer, student.max_length), (teacher.tokenizer, teacher.max_length)])
+    if len(segments) < 2:
+        raise ValueError(f"the corpus has {len(segments)} non-empty texts; alignment needs at least 2")
+    if len(segments) != len(texts):
+        logger.info("%d texts became %d segments (blank lines dropped, long texts split)", len(texts), len(segments))
+
+    cache = EmbeddingCache(config.cache_dir and Path(config.cache_dir))
+    teacher_emb = cache.embed(teacher, segments, config.teacher_layer, show_progress)
+    student_emb = cache.embed(student, segments, config.student_layer, show_progress)
+    data = AlignmentData.from_embeddings(student_emb, teacher_emb)
+
+    order = list(range(len(data)))
+    random.Random(config.seed).shuffle(order)
+    n_val = max(1, int(round(len(order) * config.val_fraction)))
+    val, train = data.subset(sorted(order[:n_val])), data.subset(sorted(order[n_val:]))
+    train_lengths = [t.shape[0] for t in train.student]
+    steps_per_epoch = len(token_batches(train_lengths, config.batch_tokens, config.seed))
+    total_steps = steps_per_epoch * config.epochs
+
+    adapters = _init_adapters(config, student_emb.hidden_size, teacher_emb.hidden_size)
+    trainers = {}
+    for window, adapter in adapters.items():
+        optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total_steps, config.warmup_ratio))
+        trainers[window] = _Trainer(adapter, optimizer, scheduler)
+
+    extra = {
+        "num_texts": len(texts),
+        "num_segments": len(segments),
+        "num_train": len(train),
+        "num_val": len(val),
+        "train_tokens": int(sum(m.sum() for m in train.loss_mask)),
+        "val_tokens": int(sum(m.sum() for m in val.loss_mask)),
+        "unpaired_student_tokens": int(sum((~m).sum() for m in data.loss_mask)),
+        "student_dim": student_emb.hidden_size,
+        "teacher_dim": teacher_emb.hidden_size,
+        "mean_predictor": mean_predictor_metrics(train, val),
+    }
+    start_epoch, start_batch, step = 0, 0, 0
+    checkpoint = _load_checkpoint(out)
+    if checkpoint is not None:
+        if set(checkpoint["trainers"]) != set(trainers):
+            raise ArtefactError(
+                f"checkpoint in {out} trained windows {sorted(checkpoint['trainers'])}, not {sorted(trainers)}"
+            )
+        for window, saved in checkpoint["trainers"].items():
+            t = trainers[window]
+            t.adapter.load_state_dict(saved["adapter"])
+            t.optimizer.load_state_dict(saved["optimizer"])
+            t.scheduler.load_state_dict(saved["scheduler"])
+            t.best, t.history = saved["best"], saved["history"]
+        start_epoch, start_batch, step = checkpoint["epoch"], checkpoint["batch"], checkpoint["step"]
+        extra["initial"] = checkpoint["extra"]["initial"]
+        torch.set_rng_state(checkpoint["rng"])
+        logger.info("resuming %s at epoch %d, batch %d (step %d)", out, start_epoch + 1, start_batch, step)
+    else:
+        extra["initial"] = {w: evaluate_adapter(t.adapter, val) for w, t in trainers.items()}
+        torch.manual_seed(config.seed)
+    write_json_atomic(out / RUN_CONFIG, {"kind": "alignment_run", "config": config_to_dict(config)})
+
+    progress = tqdm(
+        total=total_steps,
+        initial=step,
+        unit="step",
+        disable=not show_progress,
+        desc=f"aligning w{','.join(map(str, trainers))}",
+    )
+    for epoch in range(start_epoch, config.epochs):
+        batches = token_batches(train_lengths, config.batch_tokens, config.seed + epoch)
+        for index, batch in enumerate(batches):
+            if epoch == start_epoch and index < start_batch:
+                continue
+            x, attention, y, counted = train.collate(batch)
+            losses = {}
+            for window, t in trainers.items():
+                t.adapter.train()
+                loss = alignment_loss(t.adapter(x, attention), y, counted, config.loss)
+                t.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(t.adapter.parameters(), config.grad_clip)
+                t.optimizer.step()
+                t.scheduler.step()
+                losses[f"w{window}"] = round(loss.item(), 4)
+            step += 1
+            progress.update(1)
+            progress.set_postfix(losses)
+            if stop_after_steps is not None and step >= stop_after_steps:
+                _save_checkpoint(out, trainers, epoch, index + 1, step, extra)
+                progress.close()
+                return {"interrupted_at_step": step}
+            if config.checkpoint_every and step % config.checkpoint_every == 0:
+                _save_checkpoint(out, trainers, epoch, index + 1, step, extra)
+        for window, t in trainers.items():
+            metrics = evaluate_adapter(t.adapter, val)
+            t.history.append({"epoch": epoch + 1, "val_mse": metrics["mse"], "val_cosine": metrics["cosine"]})
+            if not t.best or metrics["mse"] < t.best["val_mse"]:
+                t.best = {"epoch": epoch + 1, "val_mse": metrics["mse"], "val_cosine": metrics["cosine"]}
+                t.adapter.save_pretrained(out / f"w{window}", metadata=_adapter_metadata(config, t, extra))
+        _save_checkpoint(out, trainers, epoch + 1, 0, step, extra)
+    progress.close()
+
+    summary = _summarise(config, trainers, extra)
+    for window, t in trainers.items():  # refresh the saved metadata with the full history
+        best = AlignmentAdapter.from_pretrained(out / f"w{window}")
+        best.save_pretrained(out / f"w{window}", metadata=_adapter_metadata(config, t, extra))
+    write_json_atomic(out / SUMMARY_JSON, summary)
+    write_text_atomic(out / SUMMARY_MD, format_summary(summary))
+    plot_history(summary, out / "alignment_curves.png")
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    return summary
+
+
+def _check_same_run(out: Path, config: AlignConfig) -> None:
+    if not (out / RUN_CONFIG).is_file():
+        return
+    saved = read_json(out / RUN_CONFIG, "run config")
+    previous = config_from_dict(AlignConfig, saved.get("config", {}), str(out / RUN_CONFIG))
+    if previous != config:
+        changed = [
+            f.name for f in dataclasses.fields(AlignConfig) if getattr(previous, f.name) != getattr(config, f.name)
+        ]
+        raise ValueError(
+            f"{out} holds a run with other settings ({', '.join(changed)} differ); use another --out, "
+            "or delete the folder to start over"
+        )
+
+
+def _summarise(config: AlignConfig, trainers: dict[int, _Trainer], extra: dict) -> dict[str, Any]:
+    return {
+        "student": config.student,
+        "teacher": config.teacher,
+        **{k: v for k, v in extra.items() if k != "initial"},
+        "windows": {
+            str(w): {
+                "params": t.adapter.num_parameters(),
+                "val_cosine_init": extra["initial"][w]["cosine"],
+                "val_mse_init": extra["initial"][w]["mse"],
+                "best_epoch": t.best["epoch"],
+                "val_cosine": t.best["val_cosine"],
+                "val_mse": t.best["val_mse"],
+                "history": t.history,
+            }
+            for w, t in trainers.items()
+        },
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A markdown table of held-out cosine before and after alignment, per window."""
+    mean = summary["mean_predictor"]
+    lines = [
+        f"Alignment of {summary['student']} -> {summary['teacher']}: {summary['num_train']} train / "
+        f"{summary['num_val']} held-out texts ({summary['val_tokens']} held-out tokens)",
+        "",
+        "| window | params | cosine before | cosine after | MSE before | MSE after | best epoch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for window, row in summary["windows"].items():
+        lines.append(
+            f"| {window} | {row['params']:,} | {row['val_cosine_init']:.4f} | {row['val_cosine']:.4f} | "
+            f"{row['val_mse_init']:.4f} | {row['val_mse']:.4f} | {row['best_epoch']} |"
+        )
+    lines.append(f"| mean teacher token (trivial) | 0 | | {mean['cosine']:.4f} | | {mean['mse']:.4f} | |")
+    lines.append("")
+    lines.append("'before' is the adapter at initialisation; cosine and MSE are over held-out student tokens.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_history(summary: dict[str, Any], path: Path) -> None:
+    """Validation cosine per epoch for each window, against the trivial mean predictor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for window, row in summary["windows"].items():
+        epochs = [0] + [h["epoch"] for h in row["history"]]
+        cosines = [row["val_cosine_init"]] + [h["val_cosine"] for h in row["history"]]
+        ax.plot(epochs, cosines, marker="o", label=f"w{window}")
+    ax.axhline(summary["mean_predictor"]["cosine"], color="grey", linestyle="--", label="mean teacher token")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("held-out mean cosine to teacher")
+    ax.set_title(f"{Path(summary['student']).name} -> {Path(summary['teacher']).name}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def windows_from_text(text: str) -> tuple[int, ...]:
+    """Parse ``"1,3,5"``; even or non-numeric sizes fail with the reason."""
+    try:
+        windows = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as err:
+        raise ValueError(f"--windows takes odd integers separated by commas, e.g. 1,3,5; got {text!r}") from err
+    if not windows or any(w < 1 or w % 2 == 0 for w in windows):
+        raise ValueError(f"window sizes must be odd integers >= 1 (e.g. 1,3,5); got {text!r}")
+    return windows
+
+
+__all__ = ["AlignConfig", "AlignmentData", "align", "alignment_loss", "evaluate_adapter", "format_summary"]

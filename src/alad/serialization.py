@@ -1,0 +1,120 @@
+"""Atomic, versioned persistence shared by every artefact alad writes.
+
+Every artefact is a folder with a JSON file (config + ``kind`` + ``format_version``) next to
+safetensors weights. Writes go to a temporary file in the same folder and are renamed into place,
+so an interrupted run never leaves a half-written file that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT_VERSION = 1
+"""Bumped whenever a saved artefact's layout changes; loaders refuse other versions."""
+
+T = TypeVar("T")
+
+
+class ArtefactError(ValueError):
+    """A saved artefact is missing, corrupt, of another kind, or of an unsupported version."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` and rename the result onto ``path`` only once it is complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    def _write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    atomic_write(path, _write)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtefactError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtefactError(f"{what} {path} is not valid JSON ({err}); it is corrupt: delete and rebuild it") from err
+
+
+def save_tensors_atomic(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None
+) -> None:
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
+
+
+def load_tensors(path: str | os.PathLike, what: str = "weights") -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtefactError(f"{what} not found: {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ArtefactError(f"{what} {path} cannot be read ({err}); the file is corrupt or truncated") from err
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any], what: str) -> T:
+    """Build a config dataclass, refusing unknown keys so a wrong file fails loudly."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ArtefactError(f"{what} has unknown fields {unknown}; it was written by another tool or version")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**values)
+
+
+def check_header(header: dict[str, Any], kind: str, path: Path) -> None:
+    """Refuse artefacts of another kind or format version with a message naming both."""
+    found_kind = header.get("kind")
+    if found_kind != kind:
+        raise ArtefactError(f"{path} holds a {found_kind!r}, not a {kind!r}; pass the folder of a {kind}")
+    version = header.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtefactError(
+            f"{path} has format_version {version!r}; this alad reads version {FORMAT_VERSION}. "
+            "Re-create it with this version of alad"
+        )
