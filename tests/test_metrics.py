@@ -39,9 +39,7 @@ def test_pos_metrics_hand_worked() -> None:
     # VERB: tp1 pred2 gold1 -> P=.5 R=1 F1=2/3.  macro = (0+1+0+2/3)/4 = 5/12.
     assert m["macro_f1"] == pytest.approx(5 / 12, abs=TOL)
     assert set(m["per_label"]) == {"ADJ", "DET", "NOUN", "VERB"}
-    assert m["per_label"]["VERB"] == pytest.approx(
-        {"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "support": 1}
-    )
+    assert m["per_label"]["VERB"] == pytest.approx({"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "support": 1})
     assert m["per_label"]["ADJ"]["support"] == 0
 
 

@@ -187,9 +187,7 @@ def test_squad_v11_is_answerable(tmp_path: Path) -> None:
 
 def test_squad_offset_mismatch_names_question_and_fix(tmp_path: Path) -> None:
     p = write(tmp_path, "bad.json", json.dumps(squad_doc(answer_start=5)))
-    with pytest.raises(
-        ValueError, match=r"question q1: answer 'Normans'.*answer_start=5.*correct answer_start to 4"
-    ):
+    with pytest.raises(ValueError, match=r"question q1: answer 'Normans'.*answer_start=5.*correct answer_start to 4"):
         read_squad(p)
 
 

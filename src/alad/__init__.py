@@ -9,9 +9,20 @@ a larger teacher (other width, other tokenizer). Typical use::
 """
 
 from alad.adapter import AdapterConfig, AlignmentAdapter, window_features
-from alad.alignment import AlignConfig, AlignmentData, align, alignment_loss, evaluate_adapter, format_summary
+from alad.alignment import (
+    AlignConfig,
+    AlignmentData,
+    align,
+    alignment_cosine,
+    alignment_loss,
+    evaluate_adapter,
+    format_summary,
+)
 from alad.cache import EmbeddingCache, TokenEmbeddings, encode_spans
+from alad.compress import drop_layers
 from alad.data_sources import conll2003_dir, corpus_path, data_cache_dir, shared_data_dir, squad_v2_dir, ud_ewt_dir
+from alad.finetune import FinetuneConfig, evaluate_task_model, finetune, load_run, predict_answers, predict_tags
+from alad.latency import count_parameters, measure_latency, model_latency
 from alad.metrics import (
     compute_exact,
     compute_f1,
@@ -23,51 +34,88 @@ from alad.metrics import (
     squad_v2_metrics,
 )
 from alad.models import Encoder, ModelNotFoundError, load_encoder, resolve_model
+from alad.qa import (
+    QAFeature,
+    apply_null_threshold,
+    collate_qa,
+    decode_qa,
+    prepare_qa_features,
+    split_squad_by_article,
+)
 from alad.readers import QAExample, TaggedSentence, read_conll2003, read_conllu, read_lines, read_squad, read_texts
+from alad.runner import load_run_config, run_recipe
 from alad.serialization import FORMAT_VERSION, ArtefactError
+from alad.task_data import DataSource
+from alad.task_models import MODES, AladTaskModel, TaskModelConfig, build_task_model
+from alad.tasks import prepare_token_features
 from alad.tokenizer_alignment import TokenSpans, pair_tokens, segment_texts, teacher_targets, tokenize_with_spans
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FORMAT_VERSION",
+    "MODES",
     "AdapterConfig",
+    "AladTaskModel",
     "AlignConfig",
     "AlignmentAdapter",
     "AlignmentData",
     "ArtefactError",
+    "DataSource",
     "EmbeddingCache",
     "Encoder",
+    "FinetuneConfig",
     "ModelNotFoundError",
     "QAExample",
+    "QAFeature",
     "TaggedSentence",
+    "TaskModelConfig",
     "TokenEmbeddings",
     "TokenSpans",
     "align",
+    "alignment_cosine",
     "alignment_loss",
+    "apply_null_threshold",
+    "build_task_model",
+    "collate_qa",
     "compute_exact",
     "compute_f1",
     "conll2003_dir",
     "corpus_path",
+    "count_parameters",
     "data_cache_dir",
+    "decode_qa",
+    "drop_layers",
     "encode_spans",
     "evaluate_adapter",
+    "evaluate_task_model",
+    "finetune",
     "format_summary",
     "get_entities",
     "load_encoder",
+    "load_run",
+    "load_run_config",
+    "measure_latency",
+    "model_latency",
     "ner_metrics",
     "no_answer_baseline",
     "normalize_answer",
     "pair_tokens",
     "pos_metrics",
+    "predict_answers",
+    "predict_tags",
+    "prepare_qa_features",
+    "prepare_token_features",
     "read_conll2003",
     "read_conllu",
     "read_lines",
     "read_squad",
     "read_texts",
     "resolve_model",
+    "run_recipe",
     "segment_texts",
     "shared_data_dir",
+    "split_squad_by_article",
     "squad_v2_dir",
     "squad_v2_metrics",
     "teacher_targets",

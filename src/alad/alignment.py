@@ -24,14 +24,16 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from alad.adapter import AdapterConfig, AlignmentAdapter
-from alad.cache import EmbeddingCache, TokenEmbeddings
+from alad.cache import EmbeddingCache, TokenEmbeddings, encode_spans
 from alad.models import MINILM, MPNET, Encoder, load_encoder
 from alad.serialization import (
     ArtefactError,
     atomic_write,
     config_from_dict,
     config_to_dict,
+    load_training_state,
     read_json,
+    save_training_state,
     write_json_atomic,
     write_text_atomic,
 )
@@ -255,7 +257,8 @@ def _init_adapters(config: AlignConfig, student_dim: int, teacher_dim: int) -> d
     return {w: found[w] for w in windows}
 
 
-def _schedule(total_steps: int, warmup_ratio: float):
+def warmup_linear_decay(total_steps: int, warmup_ratio: float):
+    """LambdaLR factor: linear warm-up over ``warmup_ratio`` of the steps, then linear decay to 0."""
     warmup = max(1, int(round(total_steps * warmup_ratio)))
 
     def factor(step: int) -> float:
@@ -276,35 +279,26 @@ class _Trainer:
 
 
 def _save_checkpoint(out: Path, trainers: dict[int, _Trainer], epoch: int, batch: int, step: int, extra: dict) -> None:
-    state = {
-        "epoch": epoch,
-        "batch": batch,
-        "step": step,
-        "rng": torch.get_rng_state(),
-        "extra": extra,
-        "trainers": {
-            w: {
-                "adapter": t.adapter.state_dict(),
-                "optimizer": t.optimizer.state_dict(),
-                "scheduler": t.scheduler.state_dict(),
-                "best": t.best,
-                "history": t.history,
-            }
-            for w, t in trainers.items()
+    save_training_state(
+        out / CHECKPOINT_DIR / "state.pt",
+        {
+            "epoch": epoch,
+            "batch": batch,
+            "step": step,
+            "rng": torch.get_rng_state(),
+            "extra": extra,
+            "trainers": {
+                w: {
+                    "adapter": t.adapter.state_dict(),
+                    "optimizer": t.optimizer.state_dict(),
+                    "scheduler": t.scheduler.state_dict(),
+                    "best": t.best,
+                    "history": t.history,
+                }
+                for w, t in trainers.items()
+            },
         },
-    }
-    (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-    atomic_write(out / CHECKPOINT_DIR / "state.pt", lambda tmp: torch.save(state, tmp))
-
-
-def _load_checkpoint(out: Path) -> dict | None:
-    path = out / CHECKPOINT_DIR / "state.pt"
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same advice
-        raise ArtefactError(f"checkpoint {path} is corrupt ({err}); delete it to restart the run") from err
+    )
 
 
 def _adapter_metadata(config: AlignConfig, trainer: _Trainer, extra: dict) -> dict:
@@ -372,7 +366,7 @@ def align(
     trainers = {}
     for window, adapter in adapters.items():
         optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total_steps, config.warmup_ratio))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(total_steps, config.warmup_ratio))
         trainers[window] = _Trainer(adapter, optimizer, scheduler)
 
     extra = {
@@ -388,7 +382,7 @@ def align(
         "mean_predictor": mean_predictor_metrics(train, val),
     }
     start_epoch, start_batch, step = 0, 0, 0
-    checkpoint = _load_checkpoint(out)
+    checkpoint = load_training_state(out / CHECKPOINT_DIR / "state.pt")
     if checkpoint is not None:
         if set(checkpoint["trainers"]) != set(trainers):
             raise ArtefactError(
@@ -541,6 +535,27 @@ def plot_history(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+@torch.inference_mode()
+def alignment_cosine(
+    student_model, student_tokenizer, adapter: AlignmentAdapter, teacher: TokenEmbeddings, max_tokens: int = 8192
+) -> float:
+    """Held-out mean cosine between an adapter's output on a (possibly fine-tuned) student and cached
+    teacher states, on the teacher's texts: how close a task model still is to its teacher."""
+    from alad.models import max_input_tokens
+    from alad.tokenizer_alignment import tokenize_with_spans
+
+    student = Encoder(student_model, student_tokenizer, "student", max_input_tokens(student_model, student_tokenizer))
+    spans = tokenize_with_spans(student_tokenizer, teacher.texts)
+    keep = [i for i, s in enumerate(spans) if len(s.input_ids) <= student.max_length]
+    states = encode_spans(student, [spans[i] for i in keep], max_tokens=max_tokens)
+    targets, masks = [], []
+    for i in keep:
+        target, mask = teacher_targets(spans[i], teacher.spans[i], teacher.states[i])
+        targets.append(target.half())
+        masks.append(mask)
+    return evaluate_adapter(adapter, AlignmentData(states, targets, masks))["cosine"]
+
+
 def windows_from_text(text: str) -> tuple[int, ...]:
     """Parse ``"1,3,5"``; even or non-numeric sizes fail with the reason."""
     try:
@@ -552,4 +567,13 @@ def windows_from_text(text: str) -> tuple[int, ...]:
     return windows
 
 
-__all__ = ["AlignConfig", "AlignmentData", "align", "alignment_loss", "evaluate_adapter", "format_summary"]
+__all__ = [
+    "AlignConfig",
+    "AlignmentData",
+    "align",
+    "alignment_cosine",
+    "alignment_loss",
+    "evaluate_adapter",
+    "format_summary",
+    "warmup_linear_decay",
+]

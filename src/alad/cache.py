@@ -105,6 +105,15 @@ def _batches_by_tokens(lengths: Sequence[int], max_tokens: int) -> list[list[int
     return batches
 
 
+def _check_lengths(encoder: Encoder, lengths: Sequence[int]) -> None:
+    too_long = [i for i, n in enumerate(lengths) if n > encoder.max_length]
+    if too_long:
+        raise ValueError(
+            f"{len(too_long)} texts are longer than {encoder.name} accepts ({encoder.max_length} tokens), e.g. "
+            f"text #{too_long[0]} with {lengths[too_long[0]]}; split them first (alad.segment_texts)"
+        )
+
+
 @torch.inference_mode()
 def encode_spans(
     encoder: Encoder,
@@ -115,12 +124,7 @@ def encode_spans(
 ) -> list[torch.Tensor]:
     """Run the encoder on pre-tokenised texts; returns one float16 [T, d] tensor per text."""
     lengths = [len(s.input_ids) for s in spans]
-    too_long = [i for i, n in enumerate(lengths) if n > encoder.max_length]
-    if too_long:
-        raise ValueError(
-            f"{len(too_long)} texts are longer than {encoder.name} accepts ({encoder.max_length} tokens), e.g. "
-            f"text #{too_long[0]} with {lengths[too_long[0]]}; split them first (alad.segment_texts)"
-        )
+    _check_lengths(encoder, lengths)
     model = encoder.model
     device = next(model.parameters()).device
     pad_id = encoder.tokenizer.pad_token_id or 0
@@ -163,6 +167,8 @@ class EmbeddingCache:
         directory = _key_directory(self.root, key)
         manifest = self._load_manifest(directory, key)
         spans = tokenize_with_spans(encoder.tokenizer, texts)
+        # Check the whole corpus up front: indices are the corpus's, and no shard is built in vain.
+        _check_lengths(encoder, [len(s.input_ids) for s in spans])
         num_shards = (len(texts) + self.shard_size - 1) // self.shard_size
         done = self._valid_prefix(directory, manifest)
         if done < num_shards:
@@ -249,5 +255,6 @@ class EmbeddingCache:
                     f"cache shard {directory / entry['file']} does not match the tokenised corpus; delete "
                     f"{directory} and run again"
                 )
-            states.extend(torch.split(tensors["states"], lengths))
+            # load_file memory-maps the shard: copy, so the returned states never alias the file on disk.
+            states.extend(torch.split(tensors["states"].clone(), lengths))
         return states

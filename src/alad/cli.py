@@ -47,10 +47,12 @@ def _parse_value(text: str, annotation: Any, name: str) -> Any:
     return text
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = ()) -> None:
     """One ``--option`` per dataclass field, with its help text and default."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
         default = f.default if f.default is not dataclasses.MISSING else None
         flag = "--" + f.name.replace("_", "-")
         parser.add_argument(
@@ -149,8 +151,122 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from alad.finetune import FinetuneConfig, finetune
+
+    config = build_config(FinetuneConfig, args)
+    if args.command == "finetune-teacher":
+        config = dataclasses.replace(config, student=args.teacher_model, adapter=None, teacher=None, mode="joint")
+    result = finetune(args.out, config, show_progress=not args.quiet)
+    print(format_metrics(result))
+    print(f"model saved to {Path(args.out) / 'model'}")
+    return 0
+
+
+def format_metrics(result: dict[str, Any]) -> str:
+    """Headline metrics, parameters and (where measured) latency of one fine-tuning/evaluation."""
+    from alad.metrics import format_per_type_table
+
+    lines = [
+        f"{result['task']} ({result['mode']}) on {result['split']}: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in result["headline"].items()),
+        f"parameters: {result['params_total']:,} total, {result['params_trained']:,} trained",
+    ]
+    if "latency" in result:
+        lines.append(
+            "CPU latency (median): "
+            + ", ".join(f"batch {b}: {v['median_ms']:.1f} ms" for b, v in result["latency"].items())
+        )
+    metrics = result["metrics"]
+    if result["task"] in ("ner", "pos"):
+        lines += ["", format_per_type_table(metrics)]
+    else:
+        base = metrics["no_answer_baseline"]
+        lines.append(
+            f"HasAns F1 {metrics.get('HasAns_f1', float('nan')):.2f}, NoAns F1 "
+            f"{metrics.get('NoAns_f1', float('nan')):.2f}; always-no-answer baseline: EM {base['exact']:.2f}, "
+            f"F1 {base['f1']:.2f}; best threshold F1 {metrics.get('best_f1', float('nan')):.2f}"
+        )
+    return "\n".join(lines)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from alad.finetune import evaluate_task_model, headline, load_run, load_splits
+    from alad.latency import model_latency
+
+    model, config = load_run(args.run)
+    config = dataclasses.replace(config, eval_split=args.split, max_eval=args.max_eval)
+    items = load_splits(config).eval
+    metrics = evaluate_task_model(model, items, config, show_progress=not args.quiet)
+    vocab = model.encoder.config.vocab_size
+
+    def make_inputs(batch: int) -> dict:
+        ids = torch.randint(5, vocab, (batch, 32), generator=torch.Generator().manual_seed(0))
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    result = {
+        "task": config.task,
+        "mode": config.mode,
+        "split": args.split,
+        "metrics": metrics,
+        "headline": headline(metrics, config.task),
+        "params_total": model.num_parameters(),
+        "params_trained": 0,
+        "latency": model_latency(model, make_inputs, batch_sizes=(1, 32)),
+    }
+    print(format_metrics(result))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from alad.finetune import load_run, predict_answers, predict_tags
+    from alad.readers import QAExample, TaggedSentence
+    from alad.tasks import words_from_text
+
+    model, config = load_run(args.run)
+    if config.task == "qa":
+        if not args.question or not args.context:
+            raise ValueError("a QA model needs --question and --context")
+        example = QAExample(
+            id="q", title="", context=args.context, question=args.question, answers=[], is_impossible=True
+        )
+        predictions, na_scores = predict_answers(model, [example], config)
+        answer = predictions["q"] if na_scores["q"] <= 0 else ""
+        print(answer or "(no answer)", f"[no-answer score {na_scores['q']:.2f}]")
+        return 0
+    if not args.text:
+        raise ValueError("pass the sentence to tag, e.g. alad predict RUN 'Angela Merkel visited Paris .'")
+    words = words_from_text(args.text)
+    tags = predict_tags(model, [TaggedSentence(words, ["O"] * len(words))])[0]
+    print(" ".join(f"{w}/{t}" for w, t in zip(words, tags, strict=True)))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from alad.runner import format_results, load_run_config, run_recipe
+
+    config = load_run_config(args.config, args.profile)
+    out = args.out or f"runs/{Path(args.config).stem}-{args.profile}"
+    results = run_recipe(config, out, show_progress=not args.quiet)
+    print(format_results(results))
+    print(f"results: {Path(out) / 'results.md'}, {Path(out) / 'results.json'}, plots in {out}")
+    return 0
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from alad.compress import drop_layers
+
+    keep = [int(k) for k in args.keep_layers.split(",") if k.strip()]
+    path = drop_layers(args.model, keep, args.out)
+    print(f"kept layers {keep} of {args.model}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from alad.alignment import AlignConfig
+    from alad.finetune import FinetuneConfig
 
     parser = argparse.ArgumentParser(prog="alad", description="Alignment Adapters for compressed encoders.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -167,6 +283,48 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p_align, AlignConfig)
     p_align.set_defaults(func=_cmd_align)
 
+    p_teacher = sub.add_parser("finetune-teacher", help="stage 0: fine-tune the teacher on the task")
+    p_teacher.add_argument("--teacher", dest="teacher_model", required=True, help="teacher model name or folder")
+    p_teacher.add_argument("--out", required=True, help="run folder of the fine-tuned teacher")
+    p_teacher.add_argument("--config", help="YAML or JSON file of options")
+    p_teacher.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_arguments(p_teacher, FinetuneConfig, exclude=("student", "adapter", "teacher", "mode"))
+    p_teacher.set_defaults(func=_cmd_finetune)
+
+    p_ft = sub.add_parser("finetune", help="stage 3: fine-tune student (+ adapter) + head in a mode")
+    p_ft.add_argument("--out", required=True, help="run folder")
+    p_ft.add_argument("--config", help="YAML or JSON file of options")
+    p_ft.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_arguments(p_ft, FinetuneConfig)
+    p_ft.set_defaults(func=_cmd_finetune)
+
+    p_eval = sub.add_parser("evaluate", help="metrics, per-type scores, params and latency of a run")
+    p_eval.add_argument("run", help="fine-tuning run folder")
+    p_eval.add_argument("--split", default="test", help="train, dev or test (default: test)")
+    p_eval.add_argument("--max-eval", type=int, default=None, help="seeded subset size (default: all)")
+    p_eval.add_argument("--quiet", action="store_true", help="no progress bars")
+    p_eval.set_defaults(func=_cmd_evaluate)
+
+    p_pred = sub.add_parser("predict", help="tag a sentence or answer a question with a trained run")
+    p_pred.add_argument("run", help="fine-tuning run folder")
+    p_pred.add_argument("text", nargs="?", help="sentence to tag (words separated by spaces)")
+    p_pred.add_argument("--question", help="qa: the question")
+    p_pred.add_argument("--context", help="qa: the paragraph")
+    p_pred.set_defaults(func=_cmd_predict)
+
+    p_run = sub.add_parser("run", help="the whole recipe with baselines and ablation from a YAML config")
+    p_run.add_argument("config", help="e.g. configs/ner_conll03.yaml")
+    p_run.add_argument("--profile", default="quick", help="quick or full (default: quick)")
+    p_run.add_argument("--out", help="run folder (default: runs/<config>-<profile>)")
+    p_run.add_argument("--quiet", action="store_true", help="no progress bars")
+    p_run.set_defaults(func=_cmd_run)
+
+    p_cmp = sub.add_parser("compress", help="drop layers of an encoder into a new, loadable model folder")
+    p_cmp.add_argument("--model", required=True, help="model name or folder")
+    p_cmp.add_argument("--keep-layers", required=True, help="layer indices to keep, e.g. 0,1")
+    p_cmp.add_argument("--out", required=True, help="folder of the new model")
+    p_cmp.set_defaults(func=_cmd_compress)
+
     p_info = sub.add_parser("info", help="describe an adapter or an alignment run folder")
     p_info.add_argument("path")
     p_info.set_defaults(func=_cmd_info)
@@ -179,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ArtefactError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, ArtefactError, RuntimeError, NotImplementedError) as err:
         print(f"alad {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

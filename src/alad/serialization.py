@@ -118,3 +118,19 @@ def check_header(header: dict[str, Any], kind: str, path: Path) -> None:
             f"{path} has format_version {version!r}; this alad reads version {FORMAT_VERSION}. "
             "Re-create it with this version of alad"
         )
+
+
+def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Atomically write a resumable training state (weights, optimiser, schedule, RNG, position)."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_training_state(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The saved training state, None when there is none; a corrupt one fails with the fix."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same advice
+        raise ArtefactError(f"checkpoint {path} is corrupt ({err}); delete it to restart the run") from err

@@ -1,0 +1,166 @@
+"""Honest CPU latency and parameter counts for result tables.
+
+``measure_latency`` times any zero-argument callable: a few untimed warm-up calls (first calls pay
+for lazy initialisation and cold caches), then at least ``repeats`` timed calls with
+``time.perf_counter``; it reports the median (robust to the odd scheduler hiccup), the 90th
+percentile and the mean. ``model_latency`` applies it to a model's forward pass in eval mode under
+``torch.inference_mode``, on synthetic inputs of a fixed shape built once outside the timed region,
+so tokenisation is never part of the number. Every result records the shape and the number of torch
+threads it ran with: latency on a shared or differently-threaded CPU is not comparable.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+
+DEFAULT_SEQ_LEN = 32
+"""Sequence length (tokens, special tokens included) of ``model_latency``'s synthetic inputs."""
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default) of already sorted values, ``q`` in [0, 100]."""
+    if not sorted_values:
+        raise ValueError("no values")
+    position = (len(sorted_values) - 1) * q / 100.0
+    low, high = math.floor(position), math.ceil(position)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def measure_latency(
+    fn: Callable[[], Any],
+    warmup: int = 3,
+    repeats: int = 20,
+    min_seconds: float | None = None,
+) -> dict[str, float | int]:
+    """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` timed calls (more if ``min_seconds``).
+
+    With ``min_seconds`` set, timed calls go on past ``repeats`` until their total time reaches it,
+    which steadies the statistics of very fast functions. Returns ``median_ms``, ``p90_ms``,
+    ``mean_ms``, ``min_ms``, ``max_ms`` and ``repeats`` (the number of timed calls actually made).
+    Whatever ``fn`` needs (``torch.inference_mode``, synchronising an accelerator) is its own concern.
+    """
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if min_seconds is not None and min_seconds < 0:
+        raise ValueError(f"min_seconds must be >= 0 or None, got {min_seconds}")
+    for _ in range(warmup):
+        fn()
+    gc.collect()  # do not let garbage from setup or warm-up be collected inside a timed call
+    times: list[float] = []
+    total = 0.0
+    while len(times) < repeats or (min_seconds is not None and total < min_seconds):
+        start = time.perf_counter()
+        fn()
+        elapsed = time.perf_counter() - start
+        times.append(elapsed)
+        total += elapsed
+    ordered = sorted(times)
+    return {
+        "median_ms": statistics.median(ordered) * 1e3,
+        "p90_ms": _percentile(ordered, 90) * 1e3,
+        "mean_ms": statistics.fmean(ordered) * 1e3,
+        "min_ms": ordered[0] * 1e3,
+        "max_ms": ordered[-1] * 1e3,
+        "repeats": len(times),
+    }
+
+
+def synthetic_inputs(
+    model: torch.nn.Module, batch_size: int, seq_len: int = DEFAULT_SEQ_LEN, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Random token ids (never the padding id) with a full attention mask, shaped ``[batch_size, seq_len]``.
+
+    ``token_type_ids`` (zeros) are added only when the model's ``forward`` accepts them (BERT yes;
+    DistilBERT, MPNet no). Tensors are placed on the model's device.
+    """
+    if batch_size < 1 or seq_len < 1:
+        raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
+    config = getattr(model, "config", None)
+    vocab_size = int(getattr(config, "vocab_size", 0) or 0)
+    if vocab_size < 2:
+        raise ValueError("synthetic_inputs needs a model whose config has a vocab_size; pass make_inputs instead")
+    pad = getattr(config, "pad_token_id", None)
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator)
+    if pad is not None:
+        ids[ids == pad] = (pad + 1) % vocab_size
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if "token_type_ids" in inspect.signature(model.forward).parameters:
+        inputs["token_type_ids"] = torch.zeros_like(ids)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+def model_latency(
+    model: torch.nn.Module,
+    make_inputs: Callable[[int], dict[str, Any]] | None = None,
+    batch_sizes: Iterable[int] = (1, 32),
+    seq_len: int = DEFAULT_SEQ_LEN,
+    repeats: int = 20,
+    warmup: int = 3,
+    min_seconds: float | None = None,
+) -> dict[int, dict[str, Any]]:
+    """Forward-pass latency of ``model`` per batch size, in eval mode under ``torch.inference_mode``.
+
+    ``make_inputs(batch_size)`` returns the keyword inputs of one forward call; by default they are
+    :func:`synthetic_inputs` of ``seq_len`` tokens (32 unless told). Inputs are built once per batch
+    size, outside the timed region. The model's train/eval mode is restored afterwards. Each entry
+    holds :func:`measure_latency`'s statistics plus ``batch_size``, ``seq_len`` (read from the inputs
+    where they have ``input_ids``), ``per_item_ms`` (median / batch size) and ``threads``.
+    """
+    if make_inputs is None:
+
+        def make_inputs(batch_size: int) -> dict[str, Any]:
+            return synthetic_inputs(model, batch_size, seq_len)
+
+    was_training = model.training
+    model.eval()
+    results: dict[int, dict[str, Any]] = {}
+    try:
+        for batch_size in batch_sizes:
+            batch_size = int(batch_size)
+            inputs = make_inputs(batch_size)
+
+            def forward(inputs: dict[str, Any] = inputs) -> None:
+                with torch.inference_mode():
+                    model(**inputs)
+
+            stats: dict[str, Any] = dict(
+                measure_latency(forward, warmup=warmup, repeats=repeats, min_seconds=min_seconds)
+            )
+            ids = inputs.get("input_ids")
+            stats["batch_size"] = batch_size
+            stats["seq_len"] = int(ids.shape[-1]) if isinstance(ids, torch.Tensor) else seq_len
+            stats["per_item_ms"] = stats["median_ms"] / batch_size
+            stats["threads"] = torch.get_num_threads()
+            results[batch_size] = stats
+    finally:
+        model.train(was_training)
+    return results
+
+
+def count_parameters(*modules: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter elements in ``modules``, each parameter counted once.
+
+    A parameter shared within a module or between several modules (tied embeddings, a shared
+    adapter) counts once. With ``trainable_only`` only parameters with ``requires_grad`` count.
+    """
+    seen: set[int] = set()
+    total = 0
+    for module in modules:
+        for param in module.parameters():
+            if id(param) in seen or (trainable_only and not param.requires_grad):
+                continue
+            seen.add(id(param))
+            total += param.numel()
+    return total

@@ -1,0 +1,405 @@
+"""The whole recipe in one command, with baselines and ablation: ``alad run CONFIG --profile quick``.
+
+For each student-teacher pair of the config: stage 0 fine-tunes the teacher on the task (saved
+once per task, data and settings under ``teachers_dir`` and reused), stage 1 aligns the student to
+that teacher on unlabelled corpus text, stage 2 continues alignment on the task's training text,
+and stage 3 fine-tunes in every configured mode and window. Beside them, with the same data,
+budget and seed, run the baselines (the student alone, frozen + head and fully fine-tuned), the
+teacher (upper bound) and a random-init adapter of the same shape trained the same way. Every stage
+writes its own folder and a finished one is reused, so an interrupted run resumes stage by stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alad.adapter import AdapterConfig, AlignmentAdapter
+from alad.alignment import AlignConfig, align, alignment_cosine
+from alad.cache import EmbeddingCache
+from alad.finetune import METRICS, MODEL_DIR, FinetuneConfig, finetune, headline, load_splits, main_metric
+from alad.latency import model_latency
+from alad.models import load_encoder
+from alad.readers import TaggedSentence
+from alad.serialization import read_json, write_json_atomic, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+_FINETUNE_FIELDS = {f.name for f in dataclasses.fields(FinetuneConfig)}
+_RUN_FIELDS = {
+    "task",
+    "pairs",
+    "windows",
+    "modes",
+    "profiles",
+    "corpus",
+    "stage1",
+    "stage2",
+    "finetune",
+    "teacher_finetune",
+    "teachers_dir",
+    "name",
+    "description",
+    "cosine_texts",
+    "latency_seq_len",
+}
+
+
+def load_run_config(path: str | os.PathLike, profile: str) -> dict[str, Any]:
+    """Read a YAML/JSON recipe and merge the chosen profile's overrides into it."""
+    from alad.cli import load_run_file
+
+    raw = load_run_file(path)
+    unknown = sorted(set(raw) - _RUN_FIELDS - _FINETUNE_FIELDS)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}")
+    profiles = raw.pop("profiles", {}) or {}
+    if profile not in profiles:
+        raise ValueError(f"{path} has no profile {profile!r}; it has {sorted(profiles)}")
+    config = _merge(raw, profiles[profile])
+    config["profile"] = profile
+    config.setdefault("windows", [3])
+    config.setdefault("modes", ["frozen", "joint", "head-only", "teacher-head"])
+    if not config.get("pairs"):
+        raise ValueError(f"{path} names no student-teacher pairs")
+    return config
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(str(text)).name)[:48]
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
+
+
+def _finetune_config(config: dict, **fields: Any) -> FinetuneConfig:
+    values = {k: v for k, v in config.items() if k in _FINETUNE_FIELDS}
+    values.update(config.get("finetune") or {})
+    values.update(fields)
+    return FinetuneConfig(**values)
+
+
+def resolve_student(pair: dict, models_dir: Path) -> str:
+    """The student's model folder or name; ``{compress: NAME, keep_layers: [..]}`` cuts layers once."""
+    student = pair["student"]
+    if isinstance(student, str):
+        return student
+    from alad.compress import drop_layers
+
+    keep = [int(k) for k in student["keep_layers"]]
+    target = models_dir / f"{_slug(student['compress'])}-layers{''.join(map(str, keep))}"
+    return str(drop_layers(student["compress"], keep, target))
+
+
+def _teacher_run(config: dict, pair: dict, teachers_dir: Path, show_progress: bool) -> tuple[Path, dict]:
+    """Stage 0: the task-fine-tuned teacher, shared by every run with the same task, data and settings."""
+    if pair.get("teacher_run"):
+        run = Path(pair["teacher_run"])
+        return run, read_json(run / METRICS, "teacher metrics (pass a finished fine-tuning run)")
+    settings = dict(config.get("teacher_finetune") or {})
+    ft = _finetune_config(config, student=pair["teacher"], adapter=None, mode="joint", **settings)
+    run = teachers_dir / f"{config['task']}-{_slug(pair['teacher'])}-{_digest(dataclasses.asdict(ft))}"
+    logger.info("stage 0: teacher %s fine-tuned on %s -> %s", pair["teacher"], config["task"], run)
+    return run, finetune(run, ft, show_progress=show_progress)
+
+
+def _texts_of(items: list) -> list[str]:
+    if items and isinstance(items[0], TaggedSentence):
+        return [" ".join(s.tokens) for s in items]
+    seen, texts = set(), []
+    for ex in items:
+        for text in (ex.question, ex.context):
+            if text not in seen:
+                seen.add(text)
+                texts.append(text)
+    return texts
+
+
+def _row(name: str, kind: str, result: dict, task: str, model_dir: Path, latency_seq_len: int, **extra) -> dict:
+    from alad.task_models import AladTaskModel
+
+    model = AladTaskModel.from_pretrained(model_dir)
+    vocab = model.encoder.config.vocab_size
+
+    def make_inputs(batch: int) -> dict:
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randint(5, vocab, (batch, latency_seq_len), generator=generator)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    latency = model_latency(model, make_inputs, batch_sizes=(1, 32))
+    return {
+        "name": name,
+        "kind": kind,
+        "mode": result.get("mode"),
+        **headline(result["metrics"], task),
+        "main": headline(result["metrics"], task)[main_metric(task)],
+        "params": result["params_total"],
+        "params_trained": result["params_trained"],
+        "latency_ms_b1": latency[1]["median_ms"],
+        "latency_ms_b32": latency[32]["median_ms"],
+        "train_seconds": result.get("train_seconds"),
+        **extra,
+    }
+
+
+def run_recipe(config: dict, out_dir: str | os.PathLike, show_progress: bool = True) -> dict[str, Any]:
+    """Execute every stage, baseline and ablation of ``config``; write results.json, .md and plots."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "run_config.json", config)
+    task = config["task"]
+    teachers_dir = Path(config.get("teachers_dir") or out.parent / "teachers")
+    seq_len = int(config.get("latency_seq_len", 32))
+    splits = load_splits(_finetune_config(config))
+    all_rows, pairs_out = [], []
+    for pair in config["pairs"]:
+        rows, pair_summary = _run_pair(config, pair, out, splits, teachers_dir, seq_len, show_progress)
+        pairs_out.append(pair_summary)
+        all_rows.extend({**r, "pair": pair_summary["name"]} for r in rows)
+
+    results = {
+        "task": task,
+        "profile": config["profile"],
+        "config": config,
+        "data": splits.info,
+        "pairs": pairs_out,
+        "rows": all_rows,
+    }
+    write_json_atomic(out / "results.json", results)
+    write_text_atomic(out / "results.md", format_results(results))
+    plot_results(results, out)
+    return results
+
+
+def _run_pair(
+    config: dict, pair: dict, out: Path, splits, teachers_dir: Path, seq_len: int, show_progress: bool
+) -> tuple[list[dict], dict]:
+    """Stages 0-3, baselines and the random-init ablation for one student-teacher pair."""
+    task = config["task"]
+    name = pair.get("name") or f"{_slug(str(pair['student']))}-to-{_slug(pair['teacher'])}"
+    pair_dir = out / name
+    student = resolve_student(pair, out.parent / "models")
+    teacher_dir, teacher_result = _teacher_run(config, pair, teachers_dir, show_progress)
+    teacher_encoder_dir = teacher_dir / MODEL_DIR / "encoder"
+    rows = [
+        _row("teacher (fine-tuned, upper bound)", "teacher", teacher_result, task, teacher_dir / MODEL_DIR, seq_len)
+    ]
+
+    def run_ft(label: str, kind: str, sub: str, adapter_dir: Path | None, mode: str, **extra) -> dict:
+        ft = _finetune_config(
+            config,
+            student=student,
+            adapter=str(adapter_dir) if adapter_dir else None,
+            mode=mode,
+            teacher=str(teacher_dir),
+        )
+        result = finetune(pair_dir / sub, ft, splits=splits, show_progress=show_progress)
+        row = _row(label, kind, result, task, pair_dir / sub / MODEL_DIR, seq_len, **extra)
+        rows.append(row)
+        return row
+
+    run_ft("student alone, frozen + head", "student", "student-frozen", None, "frozen")
+    run_ft("student alone, full fine-tuning", "student", "student-joint", None, "joint")
+
+    stage1 = dict(config.get("stage1") or {})
+    stage2 = dict(config.get("stage2") or {})
+    windows = tuple(int(w) for w in config["windows"])
+    align1 = AlignConfig(
+        student=student,
+        teacher=str(teacher_encoder_dir),
+        corpus=config.get("corpus"),
+        windows=windows,
+        seed=config.get("seed", 0),
+        **stage1,
+    )
+    align(pair_dir / "stage1", align1, show_progress=show_progress)
+    texts = _texts_of(splits.train)
+    align2 = AlignConfig(
+        student=student,
+        teacher=str(teacher_encoder_dir),
+        windows=windows,
+        init=str(pair_dir / "stage1"),
+        max_texts=None,
+        seed=config.get("seed", 0),
+        corpus=f"task:{config['task']}:{config.get('data')}",
+        **stage2,
+    )
+    summary2 = align(pair_dir / "stage2", align2, texts=texts, show_progress=show_progress)
+
+    teacher_emb = _cosine_reference(config, splits, teacher_encoder_dir, show_progress)
+    for window in windows:
+        adapter_dir = pair_dir / "stage2" / f"w{window}"
+        random_dir = pair_dir / f"random-w{window}"
+        if not (random_dir / "adapter_config.json").is_file():
+            aligned = AlignmentAdapter.from_pretrained(adapter_dir)
+            torch.manual_seed(config.get("seed", 0) + 7919)
+            AlignmentAdapter(AdapterConfig(**dataclasses.asdict(aligned.config))).save_pretrained(
+                random_dir, metadata={"random_init": True}
+            )
+        for mode in config["modes"]:
+            row = run_ft(f"AlAd w{window}, {mode}", "alad", f"alad-w{window}-{mode}", adapter_dir, mode, window=window)
+            row["cosine_to_teacher"] = _cosine(pair_dir / f"alad-w{window}-{mode}", teacher_emb)
+        for mode in ("frozen", "joint"):
+            if mode in config["modes"]:
+                row = run_ft(
+                    f"random-init adapter w{window}, {mode}",
+                    "random",
+                    f"random-w{window}-{mode}",
+                    random_dir,
+                    mode,
+                    window=window,
+                )
+                row["cosine_to_teacher"] = _cosine(pair_dir / f"random-w{window}-{mode}", teacher_emb)
+    return rows, _summarise_pair(name, student, pair["teacher"], rows, summary2, task)
+
+
+def _cosine_reference(config, splits, teacher_encoder_dir: Path, show_progress: bool):
+    """Teacher states on (a bounded number of) evaluation texts, for cosine-to-teacher columns."""
+    texts = _texts_of(splits.eval)[: int(config.get("cosine_texts", 300))]
+    teacher = load_encoder(teacher_encoder_dir)
+    from alad.tokenizer_alignment import segment_texts
+
+    segments = segment_texts(texts, [(teacher.tokenizer, teacher.max_length)])
+    return EmbeddingCache().embed(teacher, segments, show_progress=show_progress)
+
+
+def _cosine(run_dir: Path, teacher_emb) -> float:
+    from alad.task_models import AladTaskModel
+
+    model = AladTaskModel.from_pretrained(run_dir / MODEL_DIR)
+    return alignment_cosine(model.encoder, model.tokenizer, model.adapter, teacher_emb)
+
+
+def _summarise_pair(name: str, student: str, teacher: str, rows: list[dict], summary2: dict, task: str) -> dict:
+    by_name = {r["name"]: r for r in rows}
+    teacher_score = by_name["teacher (fine-tuned, upper bound)"]["main"]
+    baseline = {
+        "frozen": by_name["student alone, frozen + head"]["main"],
+        "joint": by_name["student alone, full fine-tuning"]["main"],
+    }
+    warnings = []
+    if teacher_score <= baseline["joint"]:
+        warnings.append(
+            f"TEACHER DOES NOT BEAT THE STUDENT: teacher {teacher_score:.2f} <= fully fine-tuned student "
+            f"{baseline['joint']:.2f}; no adapter can help here"
+        )
+    for row in rows:
+        if row["kind"] not in ("alad", "random"):
+            continue
+        matching = baseline["joint"] if row["mode"] == "joint" else baseline["frozen"]
+        row["student_same_mode"] = matching
+        gap = teacher_score - matching
+        row["recovery"] = (row["main"] - matching) / gap if gap > 0 else None
+        if row["mode"] == "teacher-head":
+            row["share_of_teacher"] = row["main"] / teacher_score if teacher_score else None
+        if row["kind"] == "alad":
+            twin = by_name.get(f"random-init adapter w{row['window']}, {row['mode']}")
+            row["gain_over_random"] = row["main"] - twin["main"] if twin else None
+    for warning in warnings:
+        logger.warning(warning)
+        print(f"!!! {name}: {warning}")
+    return {
+        "name": name,
+        "student": student,
+        "teacher": teacher,
+        "teacher_score": teacher_score,
+        "student_scores": baseline,
+        "warnings": warnings,
+        "alignment_cosine": {w: r["val_cosine"] for w, r in summary2["windows"].items()},
+    }
+
+
+def format_results(results: dict) -> str:
+    """Markdown: one table per pair, the metric beside params, latency, cosine and recovery."""
+    task = results["task"]
+    metric_cols = {"pos": ["accuracy", "macro_f1"], "ner": ["micro_f1", "macro_f1"], "qa": ["exact", "f1", "best_f1"]}
+    cols = metric_cols[task]
+    info = results["data"]
+    lines = [
+        f"# {task.upper()} results, profile {results['profile']}",
+        "",
+        f"Train: {info['train_items']} of {info['train_available']} items from `{info['train_file']}`; "
+        f"evaluated on {info['eval_items']} of {info['eval_available']} from `{info['eval_file']}`.",
+    ]
+    if "article_split" in info:
+        lines.append(f"Article split: {json.dumps(info['article_split'])}")
+    for pair in results["pairs"]:
+        lines += ["", f"## {pair['name']}: {pair['student']} -> {pair['teacher']}", ""]
+        for warning in pair["warnings"]:
+            lines += [f"**WARNING: {warning}**", ""]
+        lines.append(
+            "| row | " + " | ".join(cols) + " | params | trained | ms b1 | ms b32 | cos to teacher | "
+            "recovery | vs random | share of teacher |"
+        )
+        lines.append("|---" * (len(cols) + 9) + "|")
+        for row in (r for r in results["rows"] if r["pair"] == pair["name"]):
+
+            def fmt(v, pct=False):
+                if v is None:
+                    return ""
+                return f"{100 * v:.0f}%" if pct else (f"{v:.2f}" if isinstance(v, float) else str(v))
+
+            lines.append(
+                f"| {row['name']} | "
+                + " | ".join(f"{row[c]:.2f}" for c in cols)
+                + f" | {row['params'] / 1e6:.2f}M | {row['params_trained'] / 1e6:.2f}M | {row['latency_ms_b1']:.1f} | "
+                f"{row['latency_ms_b32']:.1f} | {fmt(row.get('cosine_to_teacher'))} | "
+                f"{fmt(row.get('recovery'), True)} | {fmt(row.get('gain_over_random'))} | "
+                f"{fmt(row.get('share_of_teacher'), True)} |"
+            )
+    lines += [
+        "",
+        "recovery = (AlAd - student in the same mode) / (teacher - student in the same mode); "
+        "vs random = AlAd minus the random-init adapter trained the same way (points); share of teacher "
+        "= teacher-head score / teacher score (no task labels used for the student). Latency: CPU, median, "
+        f"{results['config'].get('latency_seq_len', 32)} tokens per sequence.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(results: dict, out: Path) -> None:
+    """Metric against parameters and against batch-1 latency, one marker per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from alad.serialization import atomic_write
+
+    metric = main_metric(results["task"])
+    for x_key, x_label, file in (
+        ("params", "parameters (millions)", "metric_vs_params.png"),
+        ("latency_ms_b1", "CPU latency, batch 1 (ms)", "metric_vs_latency.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        markers = {"teacher": "*", "student": "s", "alad": "o", "random": "x"}
+        for row in results["rows"]:
+            x = row[x_key] / 1e6 if x_key == "params" else row[x_key]
+            ax.scatter(x, row["main"], marker=markers[row["kind"]], s=60)
+            ax.annotate(f"{row['pair']}: {row['name']}", (x, row["main"]), fontsize=6, alpha=0.8)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(metric)
+        ax.set_title(f"{results['task'].upper()} ({results['profile']})")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        atomic_write(out / file, lambda tmp, f=fig: f.savefig(tmp, format="png", dpi=120))
+        plt.close(fig)

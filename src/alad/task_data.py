@@ -1,0 +1,97 @@
+"""Which file is which split of a task's data, and seeded subsets of it.
+
+A data source is written ``FORMAT:PATH`` (``conll2003:../shared/data/conll2003``,
+``conllu:../shared/data/ud_english_ewt``, ``squad:../shared/data/squad_v2``) or just ``FORMAT``
+for the shared copy (or, for CoNLL-2003, the registry copy). Split names are ``train``, ``dev`` and
+``test``; each format maps them to files. UD English-EWT ships no train file here, so its configs
+train on ``dev`` and evaluate on ``test``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from alad.readers import QAExample, TaggedSentence, read_conll2003, read_conllu, read_squad
+
+T = TypeVar("T")
+
+_SPLIT_PATTERNS = {
+    "conll2003": {"train": ["train.txt"], "dev": ["valid.txt", "dev.txt"], "test": ["test.txt"]},
+    "conllu": {"train": ["*-ud-train.conllu"], "dev": ["*-ud-dev.conllu"], "test": ["*-ud-test.conllu"]},
+    "squad": {
+        "train": ["train-v2.0*.json", "train-v1.1*.json"],
+        "dev": ["dev-v2.0*.json", "dev-v1.1*.json"],
+        "test": ["test*.json"],
+    },
+}
+TASK_FORMATS = {"ner": ("conll2003", "conllu"), "pos": ("conllu", "conll2003"), "qa": ("squad",)}
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A task data set: its format, folder, and for CoNLL-U which tag column to use."""
+
+    format: str
+    path: Path
+    tag: str = "upos"
+
+    @classmethod
+    def parse(cls, spec: str, tag: str = "upos") -> DataSource:
+        fmt, _, path = spec.partition(":")
+        fmt = fmt.strip().lower()
+        if fmt not in _SPLIT_PATTERNS:
+            raise ValueError(f"unknown data format {fmt!r} in {spec!r}; use one of {sorted(_SPLIT_PATTERNS)}:PATH")
+        folder = Path(path).expanduser() if path else _default_folder(fmt)
+        if not folder.exists():
+            raise FileNotFoundError(f"data folder {folder} (from {spec!r}) does not exist; check the path")
+        return cls(fmt, folder, tag)
+
+    def split_file(self, split: str) -> Path:
+        if self.path.is_file():
+            return self.path
+        patterns = _SPLIT_PATTERNS[self.format].get(split)
+        if patterns is None:
+            raise ValueError(f"unknown split {split!r}; use train, dev or test")
+        for pattern in patterns:
+            found = sorted(self.path.glob(pattern))
+            if found:
+                return found[0]
+        raise FileNotFoundError(
+            f"no {split} file in {self.path} (looked for {patterns}); pick another split "
+            "(e.g. UD English-EWT here has dev and test only: train on dev, evaluate on test)"
+        )
+
+    def load(self, split: str) -> list[TaggedSentence] | list[QAExample]:
+        path = self.split_file(split)
+        if self.format == "conll2003":
+            return read_conll2003(path)
+        if self.format == "conllu":
+            return read_conllu(path, tag=self.tag)
+        return read_squad(path)
+
+    def describe(self, split: str) -> str:
+        return f"{self.format}:{self.split_file(split)}"
+
+
+def _default_folder(fmt: str) -> Path:
+    from alad import data_sources
+
+    if fmt == "conll2003":
+        return data_sources.conll2003_dir()
+    if fmt == "conllu":
+        return data_sources.ud_ewt_dir()
+    return data_sources.squad_v2_dir()
+
+
+def seeded_subset(items: Sequence[T], n: int | None, seed: int) -> list[T]:
+    """``n`` items chosen by a seeded shuffle, kept in their original order (all when n is None)."""
+    if n is None or n >= len(items):
+        return list(items)
+    if n < 1:
+        raise ValueError(f"a subset needs at least one item, got n={n}")
+    chosen = sorted(random.Random(seed).sample(range(len(items)), n))
+    return [items[i] for i in chosen]

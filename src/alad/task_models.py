@@ -1,0 +1,218 @@
+"""Student (+ alignment adapter) + task head, one class per task family, and the training modes.
+
+Modes decide what trains (recipe stage 3):
+
+- ``frozen``: the student is frozen; adapter and head train (plug-and-play deployment);
+- ``joint``: student, adapter and head train;
+- ``head-only``: student and adapter are frozen; only the head trains;
+- ``teacher-head``: nothing trains; the task-fine-tuned teacher's own head reads the adapter output.
+
+Without an adapter the same class is the plain baseline (``frozen`` = frozen student + head,
+``joint`` = full fine-tuning) and the fine-tuned teacher itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from alad.adapter import AlignmentAdapter
+from alad.models import load_encoder, max_input_tokens
+from alad.serialization import (
+    FORMAT_VERSION,
+    ArtefactError,
+    check_header,
+    config_from_dict,
+    config_to_dict,
+    load_tensors,
+    read_json,
+    save_tensors_atomic,
+    write_json_atomic,
+)
+
+TASK_MODEL_KIND = "alad_task_model"
+TASK_CONFIG = "task_config.json"
+HEAD_WEIGHTS = "head.safetensors"
+MODES = ("frozen", "joint", "head-only", "teacher-head")
+
+
+@dataclass
+class TaskModelConfig:
+    """What a task model is: its task, labels, how it was built and trained."""
+
+    task: str = field(metadata={"help": "pos, ner or qa"})
+    labels: tuple[str, ...] = field(default=(), metadata={"help": "tag set for token tasks; empty for qa"})
+    mode: str = field(default="joint", metadata={"help": f"one of {MODES}"})
+    head_dropout: float = field(default=0.1, metadata={"help": "dropout before the head"})
+    student_layer: int = field(default=-1, metadata={"help": "encoder layer the adapter/head reads"})
+    source_encoder: str = field(default="", metadata={"help": "where the encoder came from (provenance)"})
+    version: int = field(default=FORMAT_VERSION, metadata={"help": "format version"})
+
+    def __post_init__(self) -> None:
+        if self.task not in ("pos", "ner", "qa"):
+            raise ValueError(f"task must be pos, ner or qa, got {self.task!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.task != "qa" and not self.labels:
+            raise ValueError(f"a {self.task} model needs its label set")
+        self.labels = tuple(self.labels)
+
+
+class AladTaskModel(nn.Module):
+    """Encoder, optional alignment adapter, and a linear head on every token."""
+
+    def __init__(
+        self,
+        config: TaskModelConfig,
+        encoder: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        adapter: AlignmentAdapter | None = None,
+        head: nn.Linear | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.adapter = adapter
+        width = adapter.config.teacher_dim if adapter is not None else int(encoder.config.hidden_size)
+        if adapter is not None and adapter.config.student_dim != encoder.config.hidden_size:
+            raise ValueError(
+                f"the adapter expects student states of width {adapter.config.student_dim} but this encoder has "
+                f"{encoder.config.hidden_size}: it was aligned for another student"
+            )
+        outputs = 2 if config.task == "qa" else len(config.labels)
+        if head is not None and (head.in_features, head.out_features) != (width, outputs):
+            raise ValueError(
+                f"the head maps {head.in_features} -> {head.out_features} but this model needs {width} -> {outputs} "
+                "(teacher width and label count must match)"
+            )
+        self.dropout = nn.Dropout(config.head_dropout)
+        self.head = head if head is not None else nn.Linear(width, outputs)
+        self.metadata: dict[str, Any] = {}
+
+    @property
+    def max_length(self) -> int:
+        return max_input_tokens(self.encoder, self.tokenizer)
+
+    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The states the head reads: adapter output (teacher space) or the encoder's own."""
+        out = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=self.config.student_layer != -1
+        )
+        states = (
+            out.last_hidden_state if self.config.student_layer == -1 else out.hidden_states[self.config.student_layer]
+        )
+        if self.adapter is not None:
+            states = self.adapter(states, attention_mask)
+        return states
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, num_labels] (token tasks) or [B, T, 2] start/end (qa)."""
+        return self.head(self.dropout(self.token_states(input_ids, attention_mask)))
+
+    def set_mode(self, mode: str) -> None:
+        """Freeze and unfreeze parameters for a training mode (see module docstring)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode in ("head-only", "teacher-head") and self.adapter is None:
+            raise ValueError(f"mode {mode!r} needs an alignment adapter (pass --adapter)")
+        self.config.mode = mode
+        self.encoder.requires_grad_(mode == "joint")
+        if self.adapter is not None:
+            self.adapter.requires_grad_(mode in ("joint", "frozen"))
+        self.head.requires_grad_(mode != "teacher-head")
+
+    def trainable_parameter_names(self) -> list[str]:
+        return [name for name, p in self.named_parameters() if p.requires_grad]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Encoder folder, adapter folder, head weights and ``task_config.json``: fully self-contained."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(directory / "encoder")
+        self.tokenizer.save_pretrained(directory / "encoder")
+        if self.adapter is not None:
+            self.adapter.save_pretrained(directory / "adapter", metadata=getattr(self.adapter, "metadata", {}))
+        save_tensors_atomic(directory / HEAD_WEIGHTS, self.head.state_dict())
+        write_json_atomic(
+            directory / TASK_CONFIG,
+            {
+                "kind": TASK_MODEL_KIND,
+                "format_version": self.config.version,
+                "config": config_to_dict(self.config),
+                "has_adapter": self.adapter is not None,
+                "metadata": self.metadata,
+            },
+        )
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> AladTaskModel:
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise ArtefactError(f"task model folder not found: {directory}")
+        header = read_json(directory / TASK_CONFIG, "task model config")
+        check_header(header, TASK_MODEL_KIND, directory)
+        config = config_from_dict(TaskModelConfig, header["config"], str(directory / TASK_CONFIG))
+        encoder = AutoModel.from_pretrained(directory / "encoder")
+        tokenizer = AutoTokenizer.from_pretrained(directory / "encoder")
+        adapter = AlignmentAdapter.from_pretrained(directory / "adapter") if header.get("has_adapter") else None
+        head_state = load_tensors(directory / HEAD_WEIGHTS, "task head")
+        weight = head_state.get("weight")
+        if weight is None:
+            raise ArtefactError(f"{directory / HEAD_WEIGHTS} holds no head weight; the file is not an alad head")
+        head = nn.Linear(weight.shape[1], weight.shape[0])
+        head.load_state_dict(head_state)
+        model = cls(config, encoder, tokenizer, adapter=adapter, head=head)
+        model.metadata = header.get("metadata", {})
+        return model.eval()
+
+
+def build_task_model(
+    task: str,
+    student: str | os.PathLike,
+    labels: tuple[str, ...] = (),
+    adapter: str | os.PathLike | AlignmentAdapter | None = None,
+    mode: str = "joint",
+    teacher_model: AladTaskModel | None = None,
+    student_layer: int = -1,
+    seed: int = 0,
+) -> AladTaskModel:
+    """A fresh task model: student encoder, optional adapter, head (the teacher's in teacher-head mode)."""
+    encoder = load_encoder(student)
+    if isinstance(adapter, str | os.PathLike):
+        adapter = AlignmentAdapter.from_pretrained(adapter)
+    head = None
+    if mode == "teacher-head":
+        if teacher_model is None:
+            raise ValueError("mode 'teacher-head' needs the task-fine-tuned teacher (pass --teacher)")
+        if teacher_model.adapter is not None:
+            raise ValueError("the teacher must be a plain fine-tuned encoder, not an adapted student")
+        if teacher_model.config.task != task or tuple(teacher_model.config.labels) != tuple(labels):
+            raise ValueError(
+                f"the teacher was fine-tuned for {teacher_model.config.task} with labels "
+                f"{list(teacher_model.config.labels)[:10]}, not for {task} with {list(labels)[:10]}"
+            )
+        head = nn.Linear(teacher_model.head.in_features, teacher_model.head.out_features)
+        head.load_state_dict(teacher_model.head.state_dict())
+    torch.manual_seed(seed)
+    model = AladTaskModel(
+        TaskModelConfig(
+            task=task, labels=tuple(labels), mode=mode, student_layer=student_layer, source_encoder=str(student)
+        ),
+        encoder.model,
+        encoder.tokenizer,
+        adapter=adapter,
+        head=head,
+    )
+    model.set_mode(mode)
+    return model

@@ -1,0 +1,332 @@
+"""Tests for alad.alignment: data pairing, batching, loss, training and the resumable ``align`` run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from alad.adapter import AdapterConfig, AlignmentAdapter, window_features
+from alad.alignment import (
+    RUN_CONFIG,
+    AlignConfig,
+    AlignmentData,
+    align,
+    alignment_loss,
+    evaluate_adapter,
+    format_summary,
+    mean_predictor_metrics,
+    token_batches,
+    windows_from_text,
+)
+from alad.cache import EmbeddingCache
+from alad.tokenizer_alignment import teacher_targets
+
+# --------------------------------------------------------------------------------------------------
+# data, batching and loss
+
+
+@pytest.fixture(scope="module")
+def embeddings(bert, roberta, sentences, tmp_path_factory):
+    cache = EmbeddingCache(tmp_path_factory.mktemp("emb-cache"))
+    return cache.embed(bert, sentences, show_progress=False), cache.embed(roberta, sentences, show_progress=False)
+
+
+def test_alignment_data_from_embeddings(embeddings, sentences):
+    student, teacher = embeddings
+    data = AlignmentData.from_embeddings(student, teacher)
+    assert len(data) == len(sentences)
+    for i in range(len(data)):
+        length = len(student.spans[i].input_ids)
+        assert data.student[i] is student.states[i]
+        assert data.targets[i].shape == (length, 48) and data.targets[i].dtype == torch.float16
+        assert data.loss_mask[i].tolist() == student.spans[i].pairable.tolist()
+        expected, _ = teacher_targets(student.spans[i], teacher.spans[i], teacher.states[i])
+        assert torch.equal(data.targets[i], expected.half())
+        assert torch.equal(data.targets[i][~data.loss_mask[i]], torch.zeros(int((~data.loss_mask[i]).sum()), 48).half())
+
+
+def test_alignment_data_refuses_different_texts(bert, roberta, sentences, tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    student = cache.embed(bert, sentences[:3], show_progress=False)
+    teacher = cache.embed(roberta, sentences[1:4], show_progress=False)
+    with pytest.raises(ValueError, match="different texts"):
+        AlignmentData.from_embeddings(student, teacher)
+
+
+def test_collate_pads_with_zeros(embeddings):
+    data = AlignmentData.from_embeddings(*embeddings)
+    subset = data.subset([0, 14])  # a long and a short sentence
+    long, short = subset.student[0].shape[0], subset.student[1].shape[0]
+    assert short < long
+    x, attention, y, counted = subset.collate([0, 1])
+    assert x.shape == (2, long, 32) and y.shape == (2, long, 48) and x.dtype == torch.float32
+    assert attention[1].tolist() == [1.0] * short + [0.0] * (long - short)
+    assert torch.equal(x[1, :short], subset.student[1].float()) and not x[1, short:].any()
+    assert torch.equal(y[0], subset.targets[0].float())
+    assert counted[1].tolist() == subset.loss_mask[1].tolist() + [False] * (long - short)
+
+
+def test_token_batches_budget_and_determinism():
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 30, (200,), generator=generator).tolist()
+    batches = token_batches(lengths, 100, seed=7)
+    assert sorted(i for b in batches for i in b) == list(range(200))
+    for batch in batches:
+        assert max(lengths[i] for i in batch) * len(batch) <= 100
+    assert token_batches(lengths, 100, seed=7) == batches
+    assert token_batches(lengths, 100, seed=8) != batches
+    assert sorted(map(sorted, token_batches(lengths, 100, seed=8))) != []
+    # a text longer than the budget still forms a batch of its own
+    assert token_batches([5, 500, 5], 20, seed=0).count([1]) == 1
+
+
+def test_alignment_loss_is_masked():
+    torch.manual_seed(0)
+    pred, target = torch.randn(2, 5, 4), torch.randn(2, 5, 4)
+    mask = torch.tensor([[1, 1, 0, 1, 0], [0, 1, 1, 0, 0]], dtype=torch.bool)
+    loss = alignment_loss(pred, target, mask)
+    expected = (pred - target).pow(2).mean(dim=-1)[mask].mean()
+    torch.testing.assert_close(loss, expected)
+    changed = pred.clone()
+    changed[~mask] += 1000.0
+    torch.testing.assert_close(alignment_loss(changed, target, mask), loss)
+    changed[0, 0] += 1.0
+    assert alignment_loss(changed, target, mask) > loss
+    cos = alignment_loss(pred, target, mask, kind="cosine")
+    expected_cos = (1 - torch.nn.functional.cosine_similarity(pred, target, dim=-1))[mask].mean()
+    torch.testing.assert_close(cos, expected_cos)
+    torch.testing.assert_close(alignment_loss(target * 3.0, target, mask, kind="cosine"), torch.tensor(0.0))
+    empty = alignment_loss(pred.requires_grad_(), target, torch.zeros_like(mask))
+    assert empty.item() == 0.0 and empty.requires_grad
+
+
+def _toy_data(n: int, seed: int, d_s: int = 6, d_t: int = 5, window: int = 3) -> AlignmentData:
+    """Teacher = a fixed random linear map of the zero-padded student window; a few tokens unpaired."""
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(window * d_s, d_t, generator=torch.Generator().manual_seed(123)) / (window * d_s) ** 0.5
+    students, targets, masks = [], [], []
+    for _ in range(n):
+        length = int(torch.randint(4, 16, (1,), generator=generator))
+        x = torch.randn(length, d_s, generator=generator)
+        y = window_features(x[None], torch.ones(1, length), window)[0] @ weight
+        mask = torch.ones(length, dtype=torch.bool)
+        mask[0] = False  # like [CLS]: its target is meaningless
+        y[0] = 100.0
+        students.append(x.half())
+        targets.append(y.half())
+        masks.append(mask)
+    return AlignmentData(students, targets, masks)
+
+
+def test_training_learns_a_linear_teacher():
+    train, val = _toy_data(96, seed=0), _toy_data(24, seed=1)
+    torch.manual_seed(0)
+    adapter = AlignmentAdapter(AdapterConfig(student_dim=6, teacher_dim=5, window=3, hidden_size=64, dropout=0.0))
+    before = evaluate_adapter(adapter, val)
+    optimizer = torch.optim.Adam(adapter.parameters(), lr=3e-3)
+    lengths = [t.shape[0] for t in train.student]
+    for epoch in range(30):
+        for batch in token_batches(lengths, 128, seed=epoch):
+            x, attention, y, counted = train.collate(batch)
+            loss = alignment_loss(adapter(x, attention), y, counted)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    after = evaluate_adapter(adapter, val)
+    assert before["tokens"] == after["tokens"] == sum(int(m.sum()) for m in val.loss_mask)
+    assert after["mse"] < before["mse"] / 5
+    assert after["cosine"] > 0.9
+    trivial = mean_predictor_metrics(train, val)
+    assert after["mse"] < trivial["mse"] / 5
+
+
+def test_mean_predictor_metrics():
+    train = AlignmentData(
+        [torch.zeros(3, 2)] * 2,
+        [torch.tensor([[9.0, 9.0], [1.0, 0.0], [3.0, 0.0]]), torch.tensor([[2.0, 0.0], [9.0, 9.0], [2.0, 0.0]])],
+        [torch.tensor([False, True, True]), torch.tensor([True, False, True])],
+    )
+    val = AlignmentData([torch.zeros(2, 2)], [torch.tensor([[2.0, 0.0], [0.0, 2.0]])], [torch.tensor([True, True])])
+    metrics = mean_predictor_metrics(train, val)  # mean of counted train targets: (2, 0)
+    assert metrics["mse"] == pytest.approx((0 + 4 + 4) / 4)
+    assert metrics["cosine"] == pytest.approx(0.5)
+
+
+def test_config_and_window_parsing():
+    assert windows_from_text("1, 3,5") == (1, 3, 5)
+    with pytest.raises(ValueError, match="odd integers"):
+        windows_from_text("1,4")
+    with pytest.raises(ValueError, match="e.g. 1,3,5; got 'a'"):
+        windows_from_text("a")
+    with pytest.raises(ValueError, match="window sizes must be odd integers >= 1, got 2"):
+        AlignConfig(windows=(1, 2))
+    with pytest.raises(ValueError, match="loss must be 'mse' or 'cosine'"):
+        AlignConfig(loss="l1")
+    assert AlignConfig(windows=[3, 5]).windows == (3, 5)
+
+
+# --------------------------------------------------------------------------------------------------
+# align(): end to end with the tiny encoders
+
+
+@pytest.fixture(scope="module")
+def run_settings(bert, roberta, sentences, tmp_path_factory):
+    cache_dir = tmp_path_factory.mktemp("align-cache")
+    return {
+        "student": bert,
+        "teacher": roberta,
+        "texts": sentences,
+        "cache_dir": str(cache_dir),
+        "windows": (1, 3),
+        "epochs": 2,
+        "batch_tokens": 64,
+        "hidden_size": 32,
+        "lr": 3e-3,
+        "show_progress": False,
+    }
+
+
+@pytest.fixture(scope="module")
+def finished_run(run_settings, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "aligned"
+    return out, align(out, **run_settings)
+
+
+def _load(run_dir, window: int) -> AlignmentAdapter:
+    return AlignmentAdapter.from_pretrained(run_dir / f"w{window}")
+
+
+def test_align_writes_a_complete_run(finished_run, sentences):
+    out, summary = finished_run
+    for name in ("summary.json", "summary.md", "alignment_curves.png", RUN_CONFIG):
+        assert (out / name).is_file(), name
+    assert not (out / "checkpoint").exists()
+    assert (out / "alignment_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert (out / "summary.md").read_text() == format_summary(summary)
+    assert "| 1 |" in (out / "summary.md").read_text() and "| 3 |" in (out / "summary.md").read_text()
+    assert summary["num_texts"] == summary["num_segments"] == len(sentences)
+    assert summary["num_train"] + summary["num_val"] == len(sentences) and summary["num_val"] == 4
+    assert (summary["student_dim"], summary["teacher_dim"]) == (32, 48)
+    assert set(summary["windows"]) == {"1", "3"}
+    for window in (1, 3):
+        row = summary["windows"][str(window)]
+        adapter = _load(out, window)
+        assert (adapter.config.window, adapter.config.student_dim, adapter.config.teacher_dim) == (window, 32, 48)
+        assert adapter.config.hidden_size == 32
+        assert row["params"] == adapter.num_parameters()
+        assert [h["epoch"] for h in row["history"]] == [1, 2]
+        assert adapter.metadata["history"] == row["history"]
+        assert adapter.metadata["best"]["epoch"] == row["best_epoch"]
+        assert row["val_cosine"] > row["val_cosine_init"] + 0.05
+        assert row["val_mse"] < row["val_mse_init"]
+        best = min(row["history"], key=lambda h: h["val_mse"])
+        assert (row["best_epoch"], row["val_mse"], row["val_cosine"]) == (
+            best["epoch"],
+            best["val_mse"],
+            best["val_cosine"],
+        )
+
+
+def test_saved_adapter_reproduces_its_validation_score(finished_run, embeddings):
+    out, summary = finished_run
+    data = AlignmentData.from_embeddings(*embeddings)
+    import random
+
+    order = list(range(len(data)))
+    random.Random(0).shuffle(order)
+    val = data.subset(sorted(order[: summary["num_val"]]))
+    for window in (1, 3):
+        metrics = evaluate_adapter(_load(out, window), val)
+        assert metrics["mse"] == pytest.approx(summary["windows"][str(window)]["val_mse"], rel=1e-6)
+        assert metrics["tokens"] == summary["val_tokens"]
+
+
+def test_finished_run_is_not_repeated(finished_run, run_settings, monkeypatch):
+    out, summary = finished_run
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("a finished run must not embed or train again")
+
+    monkeypatch.setattr("alad.alignment.EmbeddingCache", no_embedding)
+    assert align(out, **run_settings) == json.loads(json.dumps(summary))
+
+
+def test_rerun_with_other_settings_is_refused(finished_run, run_settings):
+    out, _ = finished_run
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(epochs, lr differ\)"):
+        align(out, **{**run_settings, "epochs": 3, "lr": 1e-3})
+
+
+@pytest.mark.parametrize("stops", [(3, 13), (8,)], ids=["mid-epochs", "epoch-boundary"])
+def test_interrupted_run_resumes_to_identical_adapters(finished_run, run_settings, tmp_path, stops):
+    # 32 training texts at 64 padded tokens per batch: 8 steps per epoch, 16 in all
+    reference, _ = finished_run
+    out = tmp_path / "resumed"
+    for stop in stops:
+        assert align(out, **run_settings, stop_after_steps=stop) == {"interrupted_at_step": stop}
+        assert (out / "checkpoint" / "state.pt").is_file() and not (out / "summary.json").exists()
+    summary = align(out, **run_settings)
+    assert "windows" in summary and not (out / "checkpoint").exists()
+    for window in (1, 3):
+        expected, resumed = _load(reference, window).state_dict(), _load(out, window).state_dict()
+        for name in expected:
+            assert torch.equal(expected[name], resumed[name]), (window, name)
+    assert json.loads((out / "summary.json").read_text()) == json.loads((reference / "summary.json").read_text())
+
+
+def test_init_from_a_run_folder(finished_run, run_settings, tmp_path):
+    reference, summary = finished_run
+    settings = {**run_settings, "windows": None, "epochs": 1}
+    result = align(tmp_path / "stage2", init=str(reference), **settings)
+    assert set(result["windows"]) == {"1", "3"}
+    for window in ("1", "3"):
+        # stage 2 starts from the saved best adapters: its starting score is their final one
+        assert result["windows"][window]["val_mse_init"] == pytest.approx(summary["windows"][window]["val_mse"])
+    assert _load(tmp_path / "stage2", 3).metadata["init"] == str(reference)
+
+
+def test_init_from_a_single_adapter_folder(finished_run, run_settings, tmp_path):
+    reference, summary = finished_run
+    settings = {**run_settings, "windows": None, "epochs": 1}
+    result = align(tmp_path / "one", init=str(reference / "w3"), **settings)
+    assert set(result["windows"]) == {"3"}
+    assert not (tmp_path / "one" / "w1").exists()
+    assert result["windows"]["3"]["val_mse_init"] == pytest.approx(summary["windows"]["3"]["val_mse"])
+
+
+def test_init_with_missing_window_is_refused(finished_run, run_settings, tmp_path):
+    reference, _ = finished_run
+    with pytest.raises(ValueError, match=r"has adapters for windows \[3\], not for \[1\]"):
+        align(tmp_path / "x", init=str(reference / "w3"), **run_settings)
+
+
+def test_init_of_wrong_dims_is_refused(run_settings, tmp_path):
+    AlignmentAdapter(AdapterConfig(student_dim=16, teacher_dim=48, window=1, hidden_size=8)).save_pretrained(
+        tmp_path / "other"
+    )
+    with pytest.raises(ValueError, match="maps 16 -> 48 dims, but this student has 32 and this teacher 48"):
+        align(tmp_path / "x", init=str(tmp_path / "other"), **{**run_settings, "windows": None})
+
+
+def test_init_without_adapters_is_refused(run_settings, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception, match="holds no adapter"):
+        align(tmp_path / "x", init=str(tmp_path / "empty"), **run_settings)
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        align(tmp_path / "y", init=str(tmp_path / "missing"), **run_settings)
+
+
+@pytest.mark.parametrize("windows", [(2,), (1, 4)])
+def test_even_windows_are_refused(run_settings, tmp_path, windows):
+    with pytest.raises(ValueError, match="window sizes must be odd"):
+        align(tmp_path / "x", **{**run_settings, "windows": windows})
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("texts", [[], ["", "   ", "\n"], ["only one text"]])
+def test_empty_corpus_is_refused(run_settings, tmp_path, texts):
+    with pytest.raises(ValueError, match=f"the corpus has {len([t for t in texts if t.strip()])} non-empty texts"):
+        align(tmp_path / "x", **{**run_settings, "texts": texts})

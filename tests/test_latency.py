@@ -1,0 +1,91 @@
+"""Tests for alad.latency: timing statistics, model latency per batch size, unique parameter counts.
+
+No speed targets are asserted: the machine may be busy.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from alad.latency import DEFAULT_SEQ_LEN, count_parameters, measure_latency, model_latency, synthetic_inputs
+
+
+def test_measure_latency_sleep_and_repeats():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.001)
+
+    stats = measure_latency(fn, warmup=2, repeats=5)
+    assert len(calls) == 2 + 5
+    assert stats["repeats"] == 5
+    assert 0.9 <= stats["median_ms"] < 1000
+    assert stats["min_ms"] <= stats["median_ms"] <= stats["p90_ms"] <= stats["max_ms"]
+    assert stats["min_ms"] <= stats["mean_ms"] <= stats["max_ms"]
+
+
+def test_measure_latency_min_seconds_extends_repeats():
+    calls = []
+    stats = measure_latency(lambda: calls.append(1) or time.sleep(0.001), warmup=0, repeats=1, min_seconds=0.01)
+    assert stats["repeats"] == len(calls) >= 2  # >= 10 ms of 1 ms sleeps needs several calls
+
+
+def test_measure_latency_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="repeats"):
+        measure_latency(lambda: None, repeats=0)
+    with pytest.raises(ValueError, match="warmup"):
+        measure_latency(lambda: None, warmup=-1)
+
+
+def test_count_parameters_dedups_shared_and_respects_trainable_only():
+    shared = torch.nn.Linear(3, 4)  # 16 parameters
+    a = torch.nn.Sequential(shared, torch.nn.Linear(4, 2))  # + 10
+    b = torch.nn.Sequential(shared, torch.nn.Linear(4, 1))  # + 5
+    assert count_parameters(a) == 26
+    assert count_parameters(a, b) == 16 + 10 + 5
+    assert count_parameters(a, a) == 26
+    b[1].weight.requires_grad_(False)
+    assert count_parameters(b, trainable_only=True) == 16 + 1
+    assert count_parameters(b) == 21
+    assert count_parameters() == 0
+
+
+def _tiny_bert():
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100
+    )
+    torch.manual_seed(0)
+    return BertModel(config)
+
+
+def test_model_latency_tiny_bert():
+    model = _tiny_bert().train()
+    result = model_latency(model, batch_sizes=(1, 4), repeats=3, warmup=1)
+    assert sorted(result) == [1, 4]
+    for batch_size, stats in result.items():
+        assert stats["median_ms"] > 0 and stats["repeats"] == 3
+        assert stats["batch_size"] == batch_size and stats["seq_len"] == DEFAULT_SEQ_LEN
+        assert stats["threads"] >= 1
+    assert model.training  # mode restored
+
+
+def test_model_latency_custom_inputs_and_synthetic_inputs():
+    model = _tiny_bert()
+    inputs = synthetic_inputs(model, 2, seq_len=8)
+    assert inputs["input_ids"].shape == (2, 8) and set(inputs) == {"input_ids", "attention_mask", "token_type_ids"}
+    assert not (inputs["input_ids"] == model.config.pad_token_id).any()
+    seen = []
+
+    def make_inputs(batch_size):
+        seen.append(batch_size)
+        return {"input_ids": torch.ones(batch_size, 5, dtype=torch.long)}
+
+    result = model_latency(model, make_inputs, batch_sizes=(1, 2), repeats=2, warmup=0)
+    assert seen == [1, 2]
+    assert result[2]["seq_len"] == 5 and result[2]["median_ms"] > 0

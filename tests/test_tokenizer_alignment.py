@@ -1,0 +1,195 @@
+"""Tests for alad.tokenizer_alignment: pairing tokens through character offsets, splitting texts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alad.tokenizer_alignment import (
+    TokenSpans,
+    pair_tokens,
+    segment_texts,
+    split_to_fit,
+    teacher_targets,
+    tokenize_with_spans,
+)
+
+
+def spans(offsets: list[tuple[int, int]], special: list[int] | None = None) -> TokenSpans:
+    special = special or [0] * len(offsets)
+    return TokenSpans(
+        input_ids=list(range(len(offsets))),
+        offsets=torch.tensor(offsets, dtype=torch.long).reshape(-1, 2),
+        special=torch.tensor(special, dtype=torch.bool),
+    )
+
+
+# text: "playing football" ; student: [CLS] play ##ing foot ##ball [SEP]
+STUDENT = spans([(0, 0), (0, 4), (4, 7), (8, 12), (12, 16), (0, 0)], [1, 0, 0, 0, 0, 1])
+# teacher: <s> playing Ġfoo tball </s>  ("playing" covers two student pieces; "foot" spans two teacher pieces)
+TEACHER = spans([(0, 0), (0, 7), (8, 11), (11, 16), (0, 0)], [1, 0, 0, 0, 1])
+TEACHER_STATES = torch.tensor([[100.0, 100.0], [1.0, 2.0], [3.0, 5.0], [7.0, 11.0], [-100.0, -100.0]])
+
+
+def test_pair_tokens_by_character_overlap():
+    pooling, mask = pair_tokens(STUDENT, TEACHER)
+    expected = torch.tensor(
+        [
+            [0.0, 0.0, 0.0, 0.0, 0.0],  # [CLS]: special, never paired (not even with <s>)
+            [0.0, 1.0, 0.0, 0.0, 0.0],  # play  <- playing
+            [0.0, 1.0, 0.0, 0.0, 0.0],  # ##ing <- playing
+            [0.0, 0.0, 0.5, 0.5, 0.0],  # foot  <- mean(Ġfoo, tball)
+            [0.0, 0.0, 0.0, 1.0, 0.0],  # ##ball <- tball
+            [0.0, 0.0, 0.0, 0.0, 0.0],  # [SEP]
+        ]
+    )
+    assert torch.equal(pooling, expected)
+    assert mask.tolist() == [False, True, True, True, True, False]
+
+
+def test_teacher_targets_are_means_of_overlapping_rows():
+    targets, mask = teacher_targets(STUDENT, TEACHER, TEACHER_STATES)
+    expected = torch.tensor([[0.0, 0.0], [1.0, 2.0], [1.0, 2.0], [5.0, 8.0], [7.0, 11.0], [0.0, 0.0]])
+    assert torch.equal(targets, expected)
+    assert mask.tolist() == [False, True, True, True, True, False]
+
+
+def test_teacher_targets_accept_float16_and_check_row_count():
+    targets, _ = teacher_targets(STUDENT, TEACHER, TEACHER_STATES.half())
+    assert targets.dtype == torch.float32
+    assert targets[3].tolist() == [5.0, 8.0]
+    with pytest.raises(ValueError, match="teacher states have 4 rows but the teacher tokenisation has 5 tokens"):
+        teacher_targets(STUDENT, TEACHER, TEACHER_STATES[:4])
+
+
+def test_empty_spans_and_unmatched_tokens_are_excluded():
+    # text "ab  cd": student "ab", an empty-span token, "cd" (4-6), and "x" at 7-8 that no teacher token covers
+    student = spans([(0, 2), (3, 3), (4, 6), (7, 8)])
+    # teacher: "ab", an empty token at 3 (would overlap nothing anyway), a special with a real-looking span, "cd"
+    teacher = spans([(0, 2), (3, 3), (7, 8), (4, 6)], [0, 0, 1, 0])
+    states = torch.tensor([[1.0], [50.0], [60.0], [4.0]])
+    pooling, mask = pair_tokens(student, teacher)
+    assert mask.tolist() == [True, False, True, False]
+    assert pooling[1].sum() == 0 and pooling[3].sum() == 0
+    assert pooling[:, 1].sum() == 0 and pooling[:, 2].sum() == 0  # empty and special teacher tokens unused
+    targets, _ = teacher_targets(student, teacher, states)
+    assert targets.squeeze(1).tolist() == [1.0, 0.0, 4.0, 0.0]
+
+
+def test_pairable():
+    s = spans([(0, 0), (0, 3), (3, 3), (4, 5)], [1, 0, 0, 0])
+    assert s.pairable.tolist() == [False, True, False, True]
+
+
+def test_tokenize_with_spans(bert, sentences):
+    result = tokenize_with_spans(bert.tokenizer, sentences[:3])
+    assert len(result) == 3
+    for text, s in zip(sentences[:3], result, strict=True):
+        assert s.input_ids == bert.tokenizer(text)["input_ids"]
+        assert s.offsets.shape == (len(s.input_ids), 2) and s.offsets.dtype == torch.long
+        assert s.special.tolist() == [True] + [False] * (len(s.input_ids) - 2) + [True]
+
+
+def test_identical_tokenizers_pair_as_identity(bert, sentences):
+    for s in tokenize_with_spans(bert.tokenizer, sentences[:5]):
+        pooling, mask = pair_tokens(s, s)
+        assert torch.equal(mask, s.pairable)
+        expected = torch.diag(s.pairable.float())
+        assert torch.equal(pooling, expected)
+
+
+def _expected_targets(student: TokenSpans, teacher: TokenSpans, states: torch.Tensor):
+    """Reference implementation with plain loops."""
+    targets = torch.zeros(len(student.input_ids), states.shape[1])
+    mask = []
+    for i, ((s0, s1), s_special) in enumerate(zip(student.offsets.tolist(), student.special.tolist(), strict=True)):
+        rows = [
+            j
+            for j, ((t0, t1), t_special) in enumerate(
+                zip(teacher.offsets.tolist(), teacher.special.tolist(), strict=True)
+            )
+            if not s_special and not t_special and s1 > s0 and t1 > t0 and max(s0, t0) < min(s1, t1)
+        ]
+        mask.append(bool(rows))
+        if rows:
+            targets[i] = states[rows].mean(dim=0)
+    return targets, mask
+
+
+def test_cross_family_pairing(bert, roberta, sentences):
+    texts = sentences + ["Playing football at the  café, people reads."]
+    student_spans = tokenize_with_spans(bert.tokenizer, texts)
+    teacher_spans = tokenize_with_spans(roberta.tokenizer, texts)
+    generator = torch.Generator().manual_seed(0)
+    several_pieces = 0
+    for text, s, t in zip(texts, student_spans, teacher_spans, strict=True):
+        assert s.input_ids[0] == bert.tokenizer.cls_token_id and t.input_ids[0] == roberta.tokenizer.bos_token_id
+        states = torch.randn(len(t.input_ids), 4, generator=generator)
+        targets, mask = teacher_targets(s, t, states)
+        expected, expected_mask = _expected_targets(s, t, states)
+        assert mask.tolist() == expected_mask
+        torch.testing.assert_close(targets, expected, rtol=0, atol=1e-6)
+        # the byte-level BPE teacher covers every non-space character, so every real student token gets a target
+        assert torch.equal(mask, s.pairable)
+        assert not mask[s.special].any()
+        assert s.special.sum() == 2 and t.special.sum() == 2
+        pooling, _ = pair_tokens(s, t)
+        several_pieces += int((pooling > 0).sum(dim=1).gt(1).sum())
+        for i in torch.nonzero(mask).flatten().tolist():
+            start, end = s.offsets[i].tolist()
+            assert text[start:end].strip() == text[start:end] != ""
+    assert several_pieces > 0  # the two tokenizers really do split some words differently
+
+
+def test_split_to_fit_at_whitespace():
+    assert split_to_fit("aaaa bbbb cccc dddd", lambda s: len(s) <= 9) == ["aaaa bbbb", "cccc dddd"]
+    assert split_to_fit("short", lambda s: len(s) <= 5) == ["short"]
+    assert split_to_fit("abcdefgh", lambda s: len(s) <= 2) == ["ab", "cd", "ef", "gh"]  # no whitespace: cut inside
+
+
+def test_split_to_fit_gives_up_on_a_single_character():
+    with pytest.raises(ValueError, match="cannot split 'a' into pieces the models accept"):
+        split_to_fit("abc", lambda s: False)
+
+
+def _check_pieces_cover(text: str, pieces: list[str]) -> None:
+    """Pieces appear in order in ``text``; what lies between them (and around them) is whitespace only."""
+    position = 0
+    for index, piece in enumerate(pieces):
+        found = text.index(piece, position)
+        gap = text[position:found]
+        assert gap.strip() == "", f"characters lost before piece {index}: {gap!r}"
+        if index > 0:
+            assert gap != "", "two pieces split inside a word"
+        position = found + len(piece)
+    assert text[position:].strip() == ""
+
+
+def test_segment_texts_splits_long_texts_to_fit_both_tokenizers(bert, roberta, sentences):
+    long_text = "  " + " ".join(sentences[:20]) + " "
+    limits = [(bert.tokenizer, bert.max_length), (roberta.tokenizer, roberta.max_length)]
+    assert len(bert.tokenizer(long_text)["input_ids"]) > 3 * bert.max_length
+    segments = segment_texts([long_text, sentences[0]], limits)
+    assert segments[-1] == sentences[0]
+    pieces = segments[:-1]
+    assert len(pieces) >= 4
+    for piece in pieces:
+        assert piece == piece.strip() and piece
+        assert len(bert.tokenizer(piece)["input_ids"]) <= bert.max_length
+        assert len(roberta.tokenizer(piece)["input_ids"]) <= roberta.max_length
+    _check_pieces_cover(long_text, pieces)
+    assert "".join(pieces).replace(" ", "") == long_text.replace(" ", "")
+
+
+def test_segment_texts_drops_blanks_and_strips(bert):
+    limits = [(bert.tokenizer, bert.max_length)]
+    assert segment_texts(["", "   ", "\n\t", "  a cat sat  ", "the dog"], limits) == ["a cat sat", "the dog"]
+    assert segment_texts([], limits) == []
+
+
+def test_segment_texts_uses_the_tokenizer_count_not_only_characters(bert):
+    # 20 words of one character each: 40 characters, but 22 tokens with [CLS]/[SEP]; limit 12 forces a split
+    text = " ".join(["a"] * 20)
+    pieces = segment_texts([text], [(bert.tokenizer, 12)])
+    assert all(len(bert.tokenizer(p)["input_ids"]) <= 12 for p in pieces)
+    assert len(pieces) >= 2 and " ".join(pieces) == text
