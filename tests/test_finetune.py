@@ -1,0 +1,340 @@
+"""Tests for alad.finetune: tiny end-to-end runs for NER, POS and QA, reuse, resume, modes and errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny_tasks import QA_DEV, write_ner_data, write_pos_data, write_qa_data
+
+from alad.adapter import AdapterConfig, AlignmentAdapter
+from alad.finetune import (
+    FINETUNE_CONFIG,
+    METRICS,
+    MODEL_DIR,
+    FinetuneConfig,
+    evaluate_task_model,
+    finetune,
+    length_bucketed_batches,
+    load_run,
+    load_splits,
+    predict_tags,
+)
+from alad.readers import TaggedSentence
+
+# ``alad.finetune`` is also the name of the function the package exports: patch the module itself.
+finetune_module = importlib.import_module("alad.finetune")
+
+RESULT_KEYS = {
+    "task",
+    "mode",
+    "split",
+    "data",
+    "headline",
+    "metrics",
+    "params_total",
+    "params_trained",
+    "train_seconds",
+    "training",
+}
+
+
+@pytest.fixture(scope="module")
+def ner_dir(tmp_path_factory):
+    return write_ner_data(tmp_path_factory.mktemp("ner-data"))
+
+
+@pytest.fixture(scope="module")
+def ner_config(bert_dir, ner_dir) -> FinetuneConfig:
+    return FinetuneConfig(
+        task="ner",
+        student=str(bert_dir),
+        data=f"conll2003:{ner_dir}",
+        eval_split="dev",
+        epochs=2,
+        batch_size=8,
+        max_train=None,
+    )
+
+
+@pytest.fixture(scope="module")
+def ner_run(ner_config, tmp_path_factory):
+    """One finished NER run (joint fine-tuning of the tiny BERT), shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("ner-run")
+    return out, finetune(out, ner_config, show_progress=False)
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# a finished run
+
+
+def test_ner_run_writes_model_and_metrics(ner_run, ner_config):
+    out, result = ner_run
+    assert set(result) == RESULT_KEYS
+    assert (result["task"], result["mode"], result["split"]) == ("ner", "joint", "dev")
+    assert set(result["headline"]) == {"micro_f1", "macro_f1"}
+    assert result["headline"]["micro_f1"] == pytest.approx(100 * result["metrics"]["micro_f1"])
+    assert 0.0 <= result["metrics"]["micro_f1"] <= 1.0
+    assert set(result["metrics"]["per_type"]) <= {"PER", "LOC"}
+    assert result["data"]["train_items"] == 30 and result["data"]["eval_items"] == 12
+    assert result["data"]["eval_file"].endswith("valid.txt")
+    assert result["training"]["steps"] == 2 * math.ceil(30 / 8)
+    assert result["params_trained"] == result["params_total"] > 0  # joint: everything trains
+
+    assert json.loads((out / METRICS).read_text()) == json.loads(json.dumps(result))
+    saved = json.loads((out / FINETUNE_CONFIG).read_text())["config"]
+    assert saved["task"] == "ner" and saved["epochs"] == 2
+    assert (out / MODEL_DIR / "head.safetensors").is_file() and (out / MODEL_DIR / "encoder" / "config.json").is_file()
+    assert not (out / "checkpoint.pt").exists()
+
+    model, config = load_run(out)
+    assert config == ner_config
+    assert model.config.labels == ("O", "B-LOC", "B-PER") and model.adapter is None
+    # the saved model reproduces the reported metrics
+    assert evaluate_task_model(model, load_splits(config).eval, config) == result["metrics"]
+
+
+def test_finished_run_is_reused_without_training(ner_run, ner_config, monkeypatch):
+    out, result = ner_run
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run must not train again")
+
+    monkeypatch.setattr(finetune_module, "train_task_model", refuse)
+    monkeypatch.setattr(finetune_module, "build_task_model", refuse)
+    before = (out / MODEL_DIR / "head.safetensors").stat().st_mtime_ns
+    assert finetune(out, ner_config, show_progress=False) == json.loads(json.dumps(result))
+    assert (out / MODEL_DIR / "head.safetensors").stat().st_mtime_ns == before
+
+
+def test_other_settings_in_a_finished_folder_raise(ner_run, ner_config):
+    out, _ = ner_run
+    with pytest.raises(ValueError, match="holds a fine-tuning run with other settings"):
+        finetune(out, dataclasses.replace(ner_config, epochs=3), show_progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        finetune(out, ner_config, show_progress=False, lr_head=0.5)  # overrides count too
+
+
+def test_training_loss_falls_on_a_learnable_set(ner_config, tmp_path):
+    config = dataclasses.replace(ner_config, epochs=6, lr_head=1e-2, lr_encoder=1e-3, eval_split="train")
+    result = finetune(tmp_path / "run", config, show_progress=False)
+    training = result["training"]
+    assert training["steps"] == 24
+    first = training["loss_curve"][0]
+    assert first > 0.9  # about ln(3) at initialisation
+    assert training["final_loss"] < 0.5 * first
+    # on its own training sentences the model finds entities; always predicting 'O' scores 0
+    assert result["metrics"]["n_gold"] == sum(
+        tag != "O" for s in load_splits(config).train for tag in s.tags
+    )
+    assert result["metrics"]["micro_f1"] > 0.6
+
+
+# --------------------------------------------------------------------------------------------------
+# interruption and resumption
+
+
+@pytest.mark.parametrize("stop", [3, 5])
+def test_interrupted_run_resumes_to_the_same_weights(ner_run, ner_config, tmp_path, stop):
+    reference, reference_result = ner_run
+    out = tmp_path / "run"
+    interrupted = finetune(out, ner_config, show_progress=False, stop_after_steps=stop)
+    assert interrupted == {"interrupted_at_step": stop}
+    assert (out / "checkpoint.pt").is_file() and not (out / METRICS).exists()
+
+    resumed = finetune(out, ner_config, show_progress=False)
+    assert resumed["training"] == reference_result["training"]
+    assert resumed["metrics"] == reference_result["metrics"]
+    for part in ("head.safetensors", "encoder/model.safetensors"):
+        a, b = _weights(reference / MODEL_DIR / part), _weights(out / MODEL_DIR / part)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_interrupted_run_refuses_other_settings(ner_config, tmp_path):
+    out = tmp_path / "run"
+    finetune(out, ner_config, show_progress=False, stop_after_steps=2)
+    with pytest.raises(ValueError, match="other settings"):
+        finetune(out, dataclasses.replace(ner_config, lr_head=0.5), show_progress=False)
+    assert (out / "checkpoint.pt").is_file()  # left as it was, to resume with the right settings
+
+
+# --------------------------------------------------------------------------------------------------
+# data and label errors
+
+
+def test_unknown_evaluation_label_raises_naming_it(bert_dir, tmp_path):
+    data = write_ner_data(tmp_path / "data", n_train=8, n_dev=3, extra_dev_tag="B-MISC")
+    config = FinetuneConfig(
+        task="ner", student=str(bert_dir), data=f"conll2003:{data}", eval_split="dev", epochs=1, batch_size=8
+    )
+    with pytest.raises(ValueError, match=r"evaluation data contains labels .*\['B-MISC'\]"):
+        finetune(tmp_path / "run", config, show_progress=False)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="mode 'head-only' needs --adapter"):
+        FinetuneConfig(mode="head-only")
+    with pytest.raises(ValueError, match="needs --teacher"):
+        FinetuneConfig(mode="teacher-head", adapter="somewhere")
+    with pytest.raises(ValueError, match="task must be pos, ner or qa"):
+        FinetuneConfig(task="chunk")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        FinetuneConfig(mode="lora")
+
+
+def test_length_bucketed_batches():
+    lengths = [5, 30, 7, 12, 30, 6, 8, 29, 11, 5, 31, 10, 9]
+    batches = length_bucketed_batches(lengths, 3, seed=0)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(1 <= len(b) <= 3 for b in batches) and sum(len(b) == 3 for b in batches) == 4
+    assert length_bucketed_batches(lengths, 3, seed=0) == batches
+    # within one chunk, batches hold neighbours in length order: their length ranges never interleave
+    ranges = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in batches)
+    assert all(high <= next_low for (_, high), (next_low, _) in zip(ranges, ranges[1:], strict=False))
+    assert ranges[-1] == (31, 31) and ranges[-2] == (29, 30)
+
+
+# --------------------------------------------------------------------------------------------------
+# modes
+
+
+@pytest.fixture(scope="module")
+def teacher_run(roberta_dir, ner_dir, tmp_path_factory):
+    """A fine-tuned RoBERTa teacher (hidden 48) on the NER data."""
+    out = tmp_path_factory.mktemp("teacher")
+    config = FinetuneConfig(
+        task="ner", student=str(roberta_dir), data=f"conll2003:{ner_dir}", epochs=1, batch_size=8, max_train=None
+    )
+    finetune(out, config, show_progress=False)
+    return out
+
+
+def test_teacher_head_mode_trains_nothing(ner_config, teacher_run, tmp_path, monkeypatch):
+    adapter_dir = AlignmentAdapter(AdapterConfig(student_dim=32, teacher_dim=48, hidden_size=16)).save_pretrained(
+        tmp_path / "adapter"
+    )
+    monkeypatch.setattr(finetune_module, "train_task_model", lambda *a, **k: pytest.fail("teacher-head trains"))
+    config = dataclasses.replace(ner_config, mode="teacher-head", adapter=str(adapter_dir), teacher=str(teacher_run))
+    result = finetune(tmp_path / "run", config, show_progress=False)
+    assert result["params_trained"] == 0 and result["training"] == {"steps": 0}
+    assert result["mode"] == "teacher-head"
+    teacher, _ = load_run(teacher_run)
+    model, _ = load_run(tmp_path / "run")
+    assert model.config.labels == teacher.config.labels
+    assert torch.equal(model.head.weight, teacher.head.weight) and torch.equal(model.head.bias, teacher.head.bias)
+    adapter = AlignmentAdapter.from_pretrained(adapter_dir)
+    assert all(torch.equal(v, adapter.state_dict()[k]) for k, v in model.adapter.state_dict().items())
+    assert result["params_total"] == model.num_parameters()
+
+
+@pytest.mark.parametrize("mode", ["head-only", "frozen"])
+def test_frozen_parts_stay_unchanged(ner_config, bert_dir, tmp_path, mode):
+    torch.manual_seed(0)
+    adapter = AlignmentAdapter(AdapterConfig(student_dim=32, teacher_dim=24, hidden_size=16))
+    adapter.save_pretrained(tmp_path / "adapter")
+    config = dataclasses.replace(ner_config, mode=mode, adapter=str(tmp_path / "adapter"), epochs=1)
+    result = finetune(tmp_path / "run", config, show_progress=False)
+    assert result["training"]["steps"] == 4
+    model, _ = load_run(tmp_path / "run")
+    trained = sum(p.numel() for p in model.head.parameters())
+    if mode == "frozen":
+        trained += adapter.num_parameters()
+    assert result["params_trained"] == trained
+
+    encoder = _weights(bert_dir / "model.safetensors")
+    assert all(torch.equal(v, encoder[k]) for k, v in _weights(tmp_path / "run/model/encoder/model.safetensors").items())
+    adapter_same = all(torch.equal(v, adapter.state_dict()[k]) for k, v in model.adapter.state_dict().items())
+    assert adapter_same == (mode == "head-only")
+
+
+# --------------------------------------------------------------------------------------------------
+# POS and QA
+
+
+def test_pos_run_on_conllu(bert_dir, tmp_path):
+    data = write_pos_data(tmp_path / "ud")
+    config = FinetuneConfig(
+        task="pos",
+        student=str(bert_dir),
+        data=f"conllu:{data}",
+        train_split="dev",
+        eval_split="test",
+        epochs=2,
+        batch_size=8,
+        max_train=None,
+    )
+    result = finetune(tmp_path / "run", config, show_progress=False)
+    assert set(result) == RESULT_KEYS
+    assert set(result["headline"]) == {"accuracy", "macro_f1"}
+    assert result["data"]["train_file"].endswith("en_tiny-ud-dev.conllu")
+    assert result["data"]["eval_file"].endswith("en_tiny-ud-test.conllu")
+    test_tokens = sum(len(s.tokens) for s in load_splits(config).eval)
+    assert result["metrics"]["n_tokens"] == test_tokens
+    assert result["headline"]["accuracy"] == pytest.approx(100 * result["metrics"]["accuracy"])
+    model, _ = load_run(tmp_path / "run")
+    assert model.config.labels == ("ADJ", "ADP", "DET", "NOUN", "PUNCT", "VERB")
+    tags = predict_tags(model, [TaggedSentence(["the", "cat", "sat"], ["X", "X", "X"])])
+    assert len(tags) == 1 and len(tags[0]) == 3 and set(tags[0]) <= set(model.config.labels)
+
+
+@pytest.fixture(scope="module")
+def qa_bert_dir(bert_dir, tmp_path_factory):
+    """The fixture BERT's tokenizer on a model with 128 positions: QA windows need room for the question."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    directory = tmp_path_factory.mktemp("qa-bert")
+    tokenizer = AutoTokenizer.from_pretrained(bert_dir)
+    config = BertConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_qa_run_reports_squad_v2_metrics(qa_bert_dir, tmp_path):
+    data = write_qa_data(tmp_path / "squad")
+    config = FinetuneConfig(
+        task="qa",
+        student=str(qa_bert_dir),
+        data=f"squad:{data}",
+        eval_split="dev",
+        epochs=2,
+        batch_size=8,
+        max_train=None,
+        max_length=128,
+        doc_stride=32,
+    )
+    result = finetune(tmp_path / "run", config, show_progress=False)
+    assert set(result) == RESULT_KEYS
+    metrics = result["metrics"]
+    for key in ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1", "best_exact", "best_f1"):
+        assert key in metrics and 0.0 <= metrics[key] <= 100.0, key
+    n_unanswerable = sum(answer is None for _, _, answer in QA_DEV)
+    assert (metrics["total"], metrics["HasAns_total"], metrics["NoAns_total"]) == (5, 3, 2)
+    baseline = metrics["no_answer_baseline"]
+    assert baseline["exact"] == baseline["f1"] == pytest.approx(100 * n_unanswerable / len(QA_DEV))
+    assert (baseline["HasAns_f1"], baseline["NoAns_f1"]) == (0.0, 100.0)
+    assert set(result["headline"]) == {"exact", "f1", "best_f1"}
+    assert result["headline"]["f1"] == metrics["f1"] and result["headline"]["best_f1"] == metrics["best_f1"]
+    assert metrics["best_f1"] >= metrics["f1"]
+    assert result["training"]["steps"] == 2 * math.ceil(10 / 8)  # every window of this data fits in one
+    model, _ = load_run(tmp_path / "run")
+    assert model.config.task == "qa" and model.head.out_features == 2

@@ -1,0 +1,177 @@
+"""Tiny labelled data sets for task tests, written to a folder in the real file formats.
+
+Words come from the vocabulary of the tiny BERT fixture (conftest.py), so few tokens are [UNK]. The
+NER set is learnable from word identity alone (the BERT tokenizer lowercases, so capitals carry no
+signal): teacher/student/people are persons, city/river/park/house are locations.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+PERSONS = ["Teacher", "Student", "People"]
+PLACES = ["City", "River", "Park", "House"]
+NER_TEMPLATES = [
+    "the {P} walked to the {L} in the morning .",
+    "a {P} reads a book by the {L} .",
+    "the {P} saw the dog in the {L} .",
+    "the cat sat on the mat .",
+    "{P} and {P} walked in the {L} at night .",
+    "the old {L} was blue .",
+    "the {P} trained a small model .",
+    "birds sat on the big tree .",
+]
+
+
+def ner_sentences(n: int, seed: int) -> list[list[tuple[str, str]]]:
+    """``n`` sentences of (word, tag) pairs with single-word B-PER / B-LOC entities."""
+    rng = random.Random(seed)
+    sentences = []
+    for i in range(n):
+        template = NER_TEMPLATES[i % len(NER_TEMPLATES)]
+        pairs = []
+        for slot in template.split():
+            if slot == "{P}":
+                pairs.append((rng.choice(PERSONS), "B-PER"))
+            elif slot == "{L}":
+                pairs.append((rng.choice(PLACES), "B-LOC"))
+            else:
+                pairs.append((slot, "O"))
+        sentences.append(pairs)
+    return sentences
+
+
+def _conll2003_text(sentences: list[list[tuple[str, str]]]) -> str:
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for sentence in sentences:
+        lines += [f"{word} NN B-NP {tag}" for word, tag in sentence]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def write_ner_data(folder: Path, n_train: int = 30, n_dev: int = 12, n_test: int = 10, extra_dev_tag: str = "") -> Path:
+    """``train.txt``, ``valid.txt`` and ``test.txt`` in CoNLL-2003 format; returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dev = ner_sentences(n_dev, seed=2)
+    if extra_dev_tag:
+        dev[0] = [(dev[0][0][0], extra_dev_tag)] + dev[0][1:]
+    (folder / "train.txt").write_text(_conll2003_text(ner_sentences(n_train, seed=1)), encoding="utf-8")
+    (folder / "valid.txt").write_text(_conll2003_text(dev), encoding="utf-8")
+    (folder / "test.txt").write_text(_conll2003_text(ner_sentences(n_test, seed=3)), encoding="utf-8")
+    return folder
+
+
+UPOS = {
+    "the": ("DET", "DT"),
+    "a": ("DET", "DT"),
+    "cat": ("NOUN", "NN"),
+    "dog": ("NOUN", "NN"),
+    "fox": ("NOUN", "NN"),
+    "mat": ("NOUN", "NN"),
+    "park": ("NOUN", "NN"),
+    "river": ("NOUN", "NN"),
+    "book": ("NOUN", "NN"),
+    "sat": ("VERB", "VBD"),
+    "ran": ("VERB", "VBD"),
+    "saw": ("VERB", "VBD"),
+    "walked": ("VERB", "VBD"),
+    "on": ("ADP", "IN"),
+    "in": ("ADP", "IN"),
+    "by": ("ADP", "IN"),
+    "quick": ("ADJ", "JJ"),
+    "brown": ("ADJ", "JJ"),
+    "lazy": ("ADJ", "JJ"),
+    "old": ("ADJ", "JJ"),
+    ".": ("PUNCT", "."),
+}
+_NOUNS = ["cat", "dog", "fox", "mat", "park", "river", "book"]
+
+
+def pos_sentences(n: int, seed: int) -> list[list[str]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words = [rng.choice(["the", "a"])]
+        if rng.random() < 0.5:
+            words.append(rng.choice(["quick", "brown", "lazy", "old"]))
+        words += [rng.choice(_NOUNS[:3]), rng.choice(["sat", "ran", "saw", "walked"])]
+        words += [rng.choice(["on", "in", "by"]), "the", rng.choice(_NOUNS[3:]), "."]
+        out.append(words)
+    return out
+
+
+def _conllu_text(sentences: list[list[str]], name: str) -> str:
+    lines = []
+    for i, words in enumerate(sentences, start=1):
+        lines += [f"# sent_id = {name}-{i}", f"# text = {' '.join(words)}"]
+        for j, word in enumerate(words, start=1):
+            upos, xpos = UPOS[word]
+            lines.append(f"{j}\t{word}\t{word}\t{upos}\t{xpos}\t_\t0\tdep\t_\t_")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def write_pos_data(folder: Path, n_dev: int = 30, n_test: int = 10) -> Path:
+    """``*-ud-dev.conllu`` and ``*-ud-test.conllu`` (no train file, as UD English-EWT here)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "en_tiny-ud-dev.conllu").write_text(_conllu_text(pos_sentences(n_dev, 4), "dev"), encoding="utf-8")
+    (folder / "en_tiny-ud-test.conllu").write_text(_conllu_text(pos_sentences(n_test, 5), "test"), encoding="utf-8")
+    return folder
+
+
+QA_CONTEXTS = [
+    "the cat sat on the mat in the morning .",
+    "the student reads a long book by the river .",
+    "people walked to the park in the evening .",
+    "the old dog runs to the park every day .",
+]
+# (context index, question, answer text or None for unanswerable)
+QA_TRAIN = [
+    (0, "where was the cat ?", "on the mat"),
+    (0, "when was the cat on the mat ?", "in the morning"),
+    (1, "who reads a book ?", "the student"),
+    (1, "where is the book read ?", "by the river"),
+    (2, "where did people walk ?", "to the park"),
+    (2, "when did people walk ?", "in the evening"),
+    (0, "what did the dog read ?", None),
+    (1, "who saw the fox ?", None),
+    (2, "where did the birds sit ?", None),
+    (3, "where does the old dog run ?", "to the park"),
+]
+QA_DEV = [
+    (3, "what runs to the park ?", "the old dog"),
+    (0, "what sat on the mat ?", "the cat"),
+    (1, "what does the student read ?", "a long book"),
+    (2, "who sat on the tree ?", None),
+    (3, "who reads music ?", None),
+]
+
+
+def _squad(questions, prefix: str) -> dict:
+    paragraphs: dict[int, list] = {}
+    for i, (ctx, question, answer) in enumerate(questions):
+        context = QA_CONTEXTS[ctx]
+        qa = {"id": f"{prefix}{i}", "question": question, "answers": [], "is_impossible": answer is None}
+        if answer is not None:
+            qa["answers"] = [{"text": answer, "answer_start": context.index(answer)}]
+        paragraphs.setdefault(ctx, []).append(qa)
+    data = [
+        {"title": f"article{ctx}", "paragraphs": [{"context": QA_CONTEXTS[ctx], "qas": qas}]}
+        for ctx, qas in sorted(paragraphs.items())
+    ]
+    return {"version": "v2.0", "data": data}
+
+
+def write_qa_data(folder: Path) -> Path:
+    """``train-v2.0.json`` and ``dev-v2.0.json`` in SQuAD 2.0 format."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train-v2.0.json").write_text(json.dumps(_squad(QA_TRAIN, "t")), encoding="utf-8")
+    (folder / "dev-v2.0.json").write_text(json.dumps(_squad(QA_DEV, "d")), encoding="utf-8")
+    return folder
+
+
+def write_corpus(path: Path, sentences: list[str]) -> Path:
+    path.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    return path
