@@ -38,7 +38,12 @@ CONLLU = """# sent_id = {name}-1
 def _squad(title: str, questions: list[tuple[str, str, list[tuple[str, int]], bool]]) -> dict:
     context = "The cat sat on the mat in the morning."
     qas = [
-        {"id": qid, "question": q, "answers": [{"text": t, "answer_start": s} for t, s in answers], "is_impossible": imp}
+        {
+            "id": qid,
+            "question": q,
+            "answers": [{"text": t, "answer_start": s} for t, s in answers],
+            "is_impossible": imp,
+        }
         for qid, q, answers, imp in questions
     ]
     return {"version": "v2.0", "data": [{"title": title, "paragraphs": [{"context": context, "qas": qas}]}]}

@@ -16,7 +16,9 @@ LABELS = ("O", "B-LOC", "B-PER")
 
 def _adapter(student_dim: int = 32, teacher_dim: int = 48, window: int = 3, seed: int = 0) -> AlignmentAdapter:
     torch.manual_seed(seed)
-    return AlignmentAdapter(AdapterConfig(student_dim=student_dim, teacher_dim=teacher_dim, window=window, hidden_size=16))
+    return AlignmentAdapter(
+        AdapterConfig(student_dim=student_dim, teacher_dim=teacher_dim, window=window, hidden_size=16)
+    )
 
 
 def _prefixes(names: list[str]) -> set[str]:
@@ -56,7 +58,9 @@ def test_mode_decides_exactly_what_trains(bert_dir, with_adapter, mode):
     # every parameter of a trainable part trains, and nothing else does
     assert trainable == [name for name, _ in model.named_parameters() if name.split(".")[0] in expected]
     assert _prefixes(trainable) == expected
-    assert _prefixes([n for n, _ in model.named_parameters()]) == ({"encoder", "head"} | ({"adapter"} if adapter else set()))
+    assert _prefixes([n for n, _ in model.named_parameters()]) == (
+        {"encoder", "head"} | ({"adapter"} if adapter else set())
+    )
 
 
 def test_set_mode_switches_back_and_forth(bert_dir):

@@ -11,6 +11,8 @@ import json
 import random
 from pathlib import Path
 
+import yaml
+
 PERSONS = ["Teacher", "Student", "People"]
 PLACES = ["City", "River", "Park", "House"]
 NER_TEMPLATES = [
@@ -174,4 +176,41 @@ def write_qa_data(folder: Path) -> Path:
 
 def write_corpus(path: Path, sentences: list[str]) -> Path:
     path.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    return path
+
+
+MODES = ["frozen", "joint", "head-only", "teacher-head"]
+
+
+def write_recipe(folder: Path, bert_dir: Path, sentences: list[str], **extra) -> Path:
+    """A NER recipe for one pair (1-layer cut of the tiny BERT -> the tiny BERT), quick profile."""
+    data = write_ner_data(folder / "ner")
+    corpus = write_corpus(folder / "corpus.txt", sentences)
+    recipe = {
+        "name": "tiny ner",
+        "task": "ner",
+        "data": f"conll2003:{data}",
+        "eval_split": "dev",
+        "pairs": [
+            {"name": "tiny", "student": {"compress": str(bert_dir), "keep_layers": [0]}, "teacher": str(bert_dir)}
+        ],
+        "corpus": str(corpus),
+        "windows": [1],
+        "modes": MODES,
+        "batch_size": 8,
+        "profiles": {
+            "quick": {
+                "stage1": {"epochs": 1, "max_texts": 20, "hidden_size": 16},
+                "stage2": {"epochs": 1},
+                "epochs": 1,
+                "max_train": 20,
+                "max_eval": 10,
+                "cosine_texts": 10,
+                "teachers_dir": str(folder / "teachers"),
+            }
+        },
+        **extra,
+    }
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     return path

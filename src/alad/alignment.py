@@ -340,7 +340,7 @@ def align(
         logger.info("%s already holds a finished run; returning its summary", out)
         return read_json(out / SUMMARY_JSON, "run summary")
 
-    texts = list(texts) if texts is not None else load_texts(config)
+    texts = list(texts)[: config.max_texts] if texts is not None else load_texts(config)
     student = student or load_encoder(config.student)
     teacher = teacher or load_encoder(config.teacher)
     segments = segment_texts(texts, [(student.tokenizer, student.max_length), (teacher.tokenizer, teacher.max_length)])

@@ -256,9 +256,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
-    from alad.compress import drop_layers
+    from alad.compress import drop_layers, parse_layers
 
-    keep = [int(k) for k in args.keep_layers.split(",") if k.strip()]
+    keep = parse_layers(args.keep_layers)
     path = drop_layers(args.model, keep, args.out)
     print(f"kept layers {keep} of {args.model}: {path}")
     return 0

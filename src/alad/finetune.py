@@ -383,6 +383,7 @@ def finetune(
         labels = tuple(label_vocabulary(splits.train))
     if config.task != "qa":
         check_labels(splits.train, labels, "the training data")
+        check_labels(splits.eval, labels, "the evaluation data")  # fail before training, not after
     model = build_task_model(
         config.task,
         config.student,

@@ -1,0 +1,244 @@
+"""Tests for alad.runner: the whole recipe on tiny models and data, its reuse, summaries and config files."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import types
+
+import pytest
+import yaml
+from tiny_tasks import MODES, write_recipe
+
+from alad.runner import _summarise_pair, format_results, load_run_config, run_recipe
+
+finetune_module = importlib.import_module("alad.finetune")
+alignment_module = importlib.import_module("alad.alignment")
+latency_module = importlib.import_module("alad.latency")
+# measure_latency runs a full garbage collection before timing, about 0.25 s in a process as big as a
+# test session; the recipe measures 18 times per run, so the tests skip it (the timing itself is real).
+NO_GC = types.SimpleNamespace(collect=lambda *args: 0)
+
+TEACHER = "teacher (fine-tuned, upper bound)"
+STUDENT_FROZEN = "student alone, frozen + head"
+STUDENT_JOINT = "student alone, full fine-tuning"
+
+
+@pytest.fixture(scope="module")
+def recipe_run(bert_dir, sentences, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("recipe")
+    path = write_recipe(folder, bert_dir, sentences)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ALAD_CACHE", str(folder / "cache"))  # the cosine reference uses the default cache
+        patch.setattr(latency_module, "gc", NO_GC)
+        results = run_recipe(load_run_config(path, "quick"), folder / "run", show_progress=False)
+    return folder, path, results
+
+
+# --------------------------------------------------------------------------------------------------
+# the recipe
+
+
+def test_recipe_rows(recipe_run):
+    folder, _, results = recipe_run
+    rows = results["rows"]
+    names = [r["name"] for r in rows]
+    assert names == [
+        TEACHER,
+        STUDENT_FROZEN,
+        STUDENT_JOINT,
+        *[f"AlAd w1, {mode}" for mode in MODES],
+        "random-init adapter w1, frozen",
+        "random-init adapter w1, joint",
+    ]
+    assert [r["kind"] for r in rows] == ["teacher", "student", "student"] + ["alad"] * 4 + ["random"] * 2
+    assert all(r["pair"] == "tiny" for r in rows)
+    for row in rows:
+        assert row["params"] > 0 and row["latency_ms_b1"] > 0 and row["latency_ms_b32"] > 0, row["name"]
+        assert row["main"] == row["micro_f1"] and 0.0 <= row["main"] <= 100.0
+    by_name = {r["name"]: r for r in rows}
+    # the 1-layer student is smaller than the 2-layer teacher; the adapter and head add a little
+    teacher, student = by_name[TEACHER], by_name[STUDENT_FROZEN]
+    assert student["params"] < teacher["params"]
+    assert by_name["AlAd w1, frozen"]["params"] > student["params"]
+    assert by_name["AlAd w1, teacher-head"]["params_trained"] == 0
+    assert by_name["AlAd w1, head-only"]["params_trained"] == 32 * 3 + 3  # the head alone (32 -> O, B-LOC, B-PER)
+    assert by_name[STUDENT_JOINT]["params_trained"] == student["params"]
+
+    pair = results["pairs"][0]
+    assert pair["teacher_score"] == teacher["main"]
+    assert pair["student_scores"] == {"frozen": student["main"], "joint": by_name[STUDENT_JOINT]["main"]}
+    assert set(pair["alignment_cosine"]) == {"1"}
+    for row in rows[3:]:
+        assert -1.0 <= row["cosine_to_teacher"] <= 1.0
+        assert (
+            "recovery" in row
+            and row["student_same_mode"] == pair["student_scores"]["joint" if row["mode"] == "joint" else "frozen"]
+        )
+        gap = teacher["main"] - row["student_same_mode"]
+        assert row["recovery"] == (pytest.approx((row["main"] - row["student_same_mode"]) / gap) if gap > 0 else None)
+    head = by_name["AlAd w1, teacher-head"]
+    assert "share_of_teacher" in head
+    assert head["share_of_teacher"] == (head["main"] / teacher["main"] if teacher["main"] else None)
+    assert by_name["AlAd w1, joint"]["gain_over_random"] == pytest.approx(
+        by_name["AlAd w1, joint"]["main"] - by_name["random-init adapter w1, joint"]["main"]
+    )
+    assert results["data"]["train_items"] == 20 and results["data"]["eval_items"] == 10
+
+
+def test_recipe_files(recipe_run):
+    folder, _, results = recipe_run
+    run = folder / "run"
+    assert json.loads((run / "results.json").read_text()) == json.loads(json.dumps(results))
+    markdown = (run / "results.md").read_text()
+    assert markdown.startswith("# NER results, profile quick")
+    assert "## tiny:" in markdown and "| AlAd w1, teacher-head |" in markdown
+    assert markdown.count("\n| ") == 1 + len(results["rows"])  # header, one line per row
+    assert "\n|---|---|" in markdown
+    for png in ("metric_vs_params.png", "metric_vs_latency.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the teacher-not-better warning appears exactly when the teacher does not beat the student
+    pair = results["pairs"][0]
+    warned = pair["teacher_score"] <= pair["student_scores"]["joint"]
+    assert ("TEACHER DOES NOT BEAT THE STUDENT" in markdown) == warned
+    # stages and baselines each have their own folder; the compressed student and teacher are shared
+    for sub in ("stage1/w1", "stage2/w1", "random-w1", "student-frozen/model", "alad-w1-teacher-head/model"):
+        assert (run / "tiny" / sub).is_dir(), sub
+    student = folder / "models"
+    [compressed] = list(student.iterdir())
+    assert json.loads((compressed / "config.json").read_text())["num_hidden_layers"] == 1
+    [teacher] = list((folder / "teachers").iterdir())
+    assert teacher.name.startswith("ner-") and (teacher / "metrics.json").is_file()
+    random_adapter = json.loads((run / "tiny" / "random-w1" / "adapter_config.json").read_text())
+    aligned = json.loads((run / "tiny" / "stage2" / "w1" / "adapter_config.json").read_text())
+    assert random_adapter["config"] == aligned["config"] and random_adapter["metadata"] == {"random_init": True}
+    assert aligned["config"]["hidden_size"] == 16 and aligned["metadata"]["init"] == str(run / "tiny" / "stage1")
+
+
+def test_second_run_reuses_every_stage(recipe_run, monkeypatch):
+    folder, path, results = recipe_run
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.setenv("ALAD_CACHE", str(folder / "cache"))
+    monkeypatch.setattr(latency_module, "gc", NO_GC)
+    monkeypatch.setattr(finetune_module, "train_task_model", refuse)
+    monkeypatch.setattr(finetune_module, "build_task_model", refuse)
+    monkeypatch.setattr(alignment_module, "load_texts", refuse)
+    monkeypatch.setattr(alignment_module, "load_encoder", refuse)
+    model_files = sorted((folder / "run").rglob("*.safetensors")) + sorted((folder / "teachers").rglob("*.safetensors"))
+    assert len(model_files) >= 9 * 2
+    before = {p: p.stat().st_mtime_ns for p in model_files}
+
+    again = run_recipe(load_run_config(path, "quick"), folder / "run", show_progress=False)
+    assert {p: p.stat().st_mtime_ns for p in model_files} == before
+    keep = ("name", "main", "params", "params_trained", "recovery", "share_of_teacher", "cosine_to_teacher")
+    assert [{k: r.get(k) for k in keep} for r in again["rows"]] == [
+        {k: r.get(k) for k in keep} for r in results["rows"]
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# summaries
+
+
+def _rows(teacher: float, frozen: float, joint: float) -> list[dict]:
+    rows = [
+        {"name": TEACHER, "kind": "teacher", "mode": "joint", "main": teacher},
+        {"name": STUDENT_FROZEN, "kind": "student", "mode": "frozen", "main": frozen},
+        {"name": STUDENT_JOINT, "kind": "student", "mode": "joint", "main": joint},
+        {"name": "AlAd w3, frozen", "kind": "alad", "mode": "frozen", "window": 3, "main": 65.0},
+        {"name": "AlAd w3, joint", "kind": "alad", "mode": "joint", "window": 3, "main": 70.0},
+        {"name": "AlAd w3, teacher-head", "kind": "alad", "mode": "teacher-head", "window": 3, "main": 40.0},
+        {"name": "random-init adapter w3, frozen", "kind": "random", "mode": "frozen", "window": 3, "main": 55.0},
+    ]
+    for row in rows:
+        row.update(pair="p", micro_f1=row["main"], macro_f1=row["main"], params=1_000_000, params_trained=0)
+        row.update(latency_ms_b1=1.0, latency_ms_b32=5.0)
+    return rows
+
+
+def _results(rows: list[dict], pair: dict) -> dict:
+    info = {"train_items": 20, "train_available": 30, "train_file": "t.txt", "eval_items": 10}
+    info.update(eval_available=12, eval_file="v.txt")
+    return {"task": "ner", "profile": "quick", "config": {}, "data": info, "pairs": [pair], "rows": rows}
+
+
+SUMMARY2 = {"windows": {"3": {"val_cosine": 0.75}}}
+
+
+def test_summary_recovery_share_and_gain():
+    rows = _rows(teacher=80.0, frozen=50.0, joint=60.0)
+    pair = _summarise_pair("p", "student", "teacher", rows, SUMMARY2, "ner")
+    assert pair["warnings"] == [] and pair["teacher_score"] == 80.0
+    assert pair["student_scores"] == {"frozen": 50.0, "joint": 60.0} and pair["alignment_cosine"] == {"3": 0.75}
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["AlAd w3, frozen"]["recovery"] == pytest.approx(0.5)  # (65 - 50) / (80 - 50)
+    assert by_name["AlAd w3, joint"]["recovery"] == pytest.approx(0.5)  # (70 - 60) / (80 - 60)
+    assert by_name["AlAd w3, teacher-head"]["recovery"] == pytest.approx(-1 / 3)  # against the frozen student
+    assert by_name["AlAd w3, teacher-head"]["share_of_teacher"] == pytest.approx(0.5)
+    assert by_name["AlAd w3, frozen"]["gain_over_random"] == pytest.approx(10.0)
+    assert by_name["AlAd w3, joint"]["gain_over_random"] is None  # no random twin in joint mode
+    assert "recovery" not in by_name[TEACHER] and "share_of_teacher" not in by_name["AlAd w3, frozen"]
+    markdown = format_results(_results(rows, pair))
+    assert "WARNING" not in markdown
+    assert "| AlAd w3, frozen | 65.00 | 65.00 | 1.00M | 0.00M | 1.0 | 5.0 |  | 50% | 10.00 |  |" in markdown
+    assert "| AlAd w3, teacher-head |" in markdown and "| -33% |" in markdown
+
+
+def test_teacher_not_better_warning(capsys):
+    rows = _rows(teacher=58.0, frozen=50.0, joint=60.0)
+    pair = _summarise_pair("p", "student", "teacher", rows, SUMMARY2, "ner")
+    [warning] = pair["warnings"]
+    assert warning.startswith("TEACHER DOES NOT BEAT THE STUDENT: teacher 58.00 <= fully fine-tuned student 60.00")
+    assert "!!! p: TEACHER DOES NOT BEAT THE STUDENT" in capsys.readouterr().out
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["AlAd w3, joint"]["recovery"] is None  # no gap to recover
+    assert by_name["AlAd w3, frozen"]["recovery"] == pytest.approx((65 - 50) / (58 - 50))
+    markdown = format_results(_results(rows, pair))
+    assert f"**WARNING: {warning}**" in markdown
+    # an equal score is no better either
+    rows = _rows(teacher=60.0, frozen=50.0, joint=60.0)
+    assert len(_summarise_pair("p", "s", "t", rows, SUMMARY2, "ner")["warnings"]) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# config files
+
+
+def test_load_run_config_merges_the_profile(bert_dir, sentences, tmp_path):
+    path = write_recipe(tmp_path, bert_dir, sentences)
+    config = load_run_config(path, "quick")
+    assert config["profile"] == "quick" and "profiles" not in config
+    assert config["stage1"] == {"epochs": 1, "max_texts": 20, "hidden_size": 16}
+    assert (config["epochs"], config["max_train"], config["batch_size"]) == (1, 20, 8)
+    assert config["windows"] == [1] and config["modes"] == MODES
+
+
+def test_profile_overrides_nested_values_and_defaults_apply(tmp_path):
+    recipe = {
+        "task": "pos",
+        "pairs": [{"student": "s", "teacher": "t"}],
+        "stage1": {"epochs": 5, "lr": 0.01},
+        "profiles": {"full": {"stage1": {"epochs": 9}}},
+    }
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(recipe), encoding="utf-8")
+    config = load_run_config(path, "full")
+    assert config["stage1"] == {"epochs": 9, "lr": 0.01}
+    assert config["windows"] == [3] and config["modes"] == MODES
+
+
+def test_unknown_key_missing_profile_and_no_pairs_raise(bert_dir, sentences, tmp_path):
+    path = write_recipe(tmp_path, bert_dir, sentences, learning_rate=0.1, stage3={})
+    with pytest.raises(ValueError, match=r"unknown keys \['learning_rate', 'stage3'\]"):
+        load_run_config(path, "quick")
+    path = write_recipe(tmp_path, bert_dir, sentences)
+    with pytest.raises(ValueError, match=r"has no profile 'full'; it has \['quick'\]"):
+        load_run_config(path, "full")
+    raw = yaml.safe_load(path.read_text())
+    raw["pairs"] = []
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="names no student-teacher pairs"):
+        load_run_config(path, "quick")
