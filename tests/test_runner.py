@@ -10,9 +10,9 @@ import pytest
 import yaml
 from tiny_tasks import MODES, write_recipe
 
+import alad.finetuning as finetune_module
 from alad.runner import _summarise_pair, format_results, load_run_config, run_recipe
 
-finetune_module = importlib.import_module("alad.finetune")
 alignment_module = importlib.import_module("alad.alignment")
 latency_module = importlib.import_module("alad.latency")
 # measure_latency runs a full garbage collection before timing, about 0.25 s in a process as big as a

@@ -21,7 +21,7 @@ from alad.alignment import (
 from alad.cache import EmbeddingCache, TokenEmbeddings, encode_spans
 from alad.compress import drop_layers
 from alad.data_sources import conll2003_dir, corpus_path, data_cache_dir, shared_data_dir, squad_v2_dir, ud_ewt_dir
-from alad.finetune import FinetuneConfig, evaluate_task_model, finetune, load_run, predict_answers, predict_tags
+from alad.finetuning import FinetuneConfig, evaluate_task_model, finetune, load_run, predict_answers, predict_tags
 from alad.latency import count_parameters, measure_latency, model_latency
 from alad.metrics import (
     compute_exact,

@@ -152,7 +152,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from alad.finetune import FinetuneConfig, finetune
+    from alad.finetuning import FinetuneConfig, finetune
 
     config = build_config(FinetuneConfig, args)
     if args.command == "finetune-teacher":
@@ -193,7 +193,7 @@ def format_metrics(result: dict[str, Any]) -> str:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from alad.finetune import evaluate_task_model, headline, load_run, load_splits
+    from alad.finetuning import evaluate_task_model, headline, load_run, load_splits
     from alad.latency import model_latency
 
     model, config = load_run(args.run)
@@ -221,7 +221,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from alad.finetune import load_run, predict_answers, predict_tags
+    from alad.finetuning import load_run, predict_answers, predict_tags
     from alad.readers import QAExample, TaggedSentence
     from alad.tasks import words_from_text
 
@@ -266,7 +266,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from alad.alignment import AlignConfig
-    from alad.finetune import FinetuneConfig
+    from alad.finetuning import FinetuneConfig
 
     parser = argparse.ArgumentParser(prog="alad", description="Alignment Adapters for compressed encoders.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")

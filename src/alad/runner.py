@@ -25,7 +25,7 @@ import torch
 from alad.adapter import AdapterConfig, AlignmentAdapter
 from alad.alignment import AlignConfig, align, alignment_cosine
 from alad.cache import EmbeddingCache
-from alad.finetune import METRICS, MODEL_DIR, FinetuneConfig, finetune, headline, load_splits, main_metric
+from alad.finetuning import METRICS, MODEL_DIR, FinetuneConfig, finetune, headline, load_splits, main_metric
 from alad.latency import model_latency
 from alad.models import load_encoder
 from alad.readers import TaggedSentence

@@ -1,9 +1,8 @@
-"""Tests for alad.finetune: tiny end-to-end runs for NER, POS and QA, reuse, resume, modes and errors."""
+"""Tests for alad.finetuning: tiny end-to-end runs for NER, POS and QA, reuse, resume, modes and errors."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 
@@ -12,8 +11,10 @@ import torch
 from safetensors.torch import load_file
 from tiny_tasks import QA_DEV, write_ner_data, write_pos_data, write_qa_data
 
+# ``alad.finetuning`` is also the name of the function the package exports: patch the module itself.
+import alad.finetuning as finetune_module
 from alad.adapter import AdapterConfig, AlignmentAdapter
-from alad.finetune import (
+from alad.finetuning import (
     FINETUNE_CONFIG,
     METRICS,
     MODEL_DIR,
@@ -26,9 +27,6 @@ from alad.finetune import (
     predict_tags,
 )
 from alad.readers import TaggedSentence
-
-# ``alad.finetune`` is also the name of the function the package exports: patch the module itself.
-finetune_module = importlib.import_module("alad.finetune")
 
 RESULT_KEYS = {
     "task",
