@@ -249,7 +249,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = load_run_config(args.config, args.profile)
     out = args.out or f"runs/{Path(args.config).stem}-{args.profile}"
-    results = run_recipe(config, out, show_progress=not args.quiet)
+    command = f"alad run {args.config} --profile {args.profile}" + (f" --out {args.out}" if args.out else "")
+    results = run_recipe(config, out, show_progress=not args.quiet, command=command)
     print(format_results(results))
     print(f"results: {Path(out) / 'results.md'}, {Path(out) / 'results.json'}, plots in {out}")
     return 0

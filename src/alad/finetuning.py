@@ -341,7 +341,13 @@ def headline(metrics: dict[str, Any], task: str) -> dict[str, float]:
         return {"accuracy": 100 * metrics["accuracy"], "macro_f1": 100 * metrics["macro_f1"]}
     if task == "ner":
         return {"micro_f1": 100 * metrics["micro_f1"], "macro_f1": 100 * metrics["macro_f1"]}
-    return {"exact": metrics["exact"], "f1": metrics["f1"], "best_f1": metrics.get("best_f1", metrics["f1"])}
+    return {
+        "exact": metrics["exact"],
+        "f1": metrics["f1"],
+        "HasAns_f1": metrics.get("HasAns_f1", float("nan")),
+        "NoAns_f1": metrics.get("NoAns_f1", float("nan")),
+        "best_f1": metrics.get("best_f1", metrics["f1"]),
+    }
 
 
 def main_metric(task: str) -> str:

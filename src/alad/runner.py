@@ -157,11 +157,24 @@ def _row(name: str, kind: str, result: dict, task: str, model_dir: Path, latency
         "latency_ms_b1": latency[1]["median_ms"],
         "latency_ms_b32": latency[32]["median_ms"],
         "train_seconds": result.get("train_seconds"),
+        **({"no_answer_baseline": result["metrics"]["no_answer_baseline"]} if task == "qa" else {}),
         **extra,
     }
 
 
-def run_recipe(config: dict, out_dir: str | os.PathLike, show_progress: bool = True) -> dict[str, Any]:
+def machine_info() -> str:
+    """Where the numbers were measured, for the results table."""
+    import platform
+
+    return (
+        f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
+
+
+def run_recipe(
+    config: dict, out_dir: str | os.PathLike, show_progress: bool = True, command: str | None = None
+) -> dict[str, Any]:
     """Execute every stage, baseline and ablation of ``config``; write results.json, .md and plots."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,6 +194,8 @@ def run_recipe(config: dict, out_dir: str | os.PathLike, show_progress: bool = T
         "profile": config["profile"],
         "config": config,
         "data": splits.info,
+        "command": command or f"alad run <config> --profile {config['profile']}",
+        "machine": machine_info(),
         "pairs": pairs_out,
         "rows": all_rows,
     }
@@ -331,17 +346,34 @@ def _summarise_pair(name: str, student: str, teacher: str, rows: list[dict], sum
 def format_results(results: dict) -> str:
     """Markdown: one table per pair, the metric beside params, latency, cosine and recovery."""
     task = results["task"]
-    metric_cols = {"pos": ["accuracy", "macro_f1"], "ner": ["micro_f1", "macro_f1"], "qa": ["exact", "f1", "best_f1"]}
+    metric_cols = {
+        "pos": ["accuracy", "macro_f1"],
+        "ner": ["micro_f1", "macro_f1"],
+        "qa": ["exact", "f1", "HasAns_f1", "NoAns_f1", "best_f1"],
+    }
     cols = metric_cols[task]
     info = results["data"]
+    stage1, stage2 = results["config"].get("stage1") or {}, results["config"].get("stage2") or {}
     lines = [
         f"# {task.upper()} results, profile {results['profile']}",
         "",
         f"Train: {info['train_items']} of {info['train_available']} items from `{info['train_file']}`; "
-        f"evaluated on {info['eval_items']} of {info['eval_available']} from `{info['eval_file']}`.",
+        f"evaluated on {info['eval_items']} of {info['eval_available']} from `{info['eval_file']}`.  ",
+        f"Alignment: stage 1 on {stage1.get('max_texts', 'default')} corpus sentences "
+        f"({stage1.get('epochs', 'default')} epochs), stage 2 on the training text ({stage2.get('epochs', 'default')} "
+        f"epochs); task fine-tuning {results['config'].get('epochs')} epochs, "
+        f"seed {results['config'].get('seed', 0)}.  ",
+        f"Command: `{results.get('command', '')}`  ",
+        f"Machine: {results.get('machine', '')}",
     ]
     if "article_split" in info:
-        lines.append(f"Article split: {json.dumps(info['article_split'])}")
+        split = info["article_split"]
+        lines.append(f"Article split (seeded): {json.dumps({k: v for k, v in split.items() if 'titles' not in k})}")
+    baseline = next((r.get("no_answer_baseline") for r in results["rows"] if r.get("no_answer_baseline")), None)
+    if baseline:
+        lines.append(
+            f"Always-no-answer baseline on this evaluation set: EM {baseline['exact']:.2f}, F1 {baseline['f1']:.2f}."
+        )
     for pair in results["pairs"]:
         lines += ["", f"## {pair['name']}: {pair['student']} -> {pair['teacher']}", ""]
         for warning in pair["warnings"]:
