@@ -74,7 +74,10 @@ class FinetuneConfig:
     epochs: int = field(default=3, metadata={"help": "passes over the training subset"})
     batch_size: int = field(default=16, metadata={"help": "sentences (or QA windows) per batch"})
     lr_encoder: float = field(default=1e-4, metadata={"help": "peak learning rate of the encoder"})
-    lr_head: float = field(default=1e-3, metadata={"help": "peak learning rate of adapter and head"})
+    lr_head: float = field(default=1e-3, metadata={"help": "peak learning rate of the task head"})
+    lr_adapter: float | None = field(
+        default=None, metadata={"help": "peak learning rate of the adapter (None: that of the head)"}
+    )
     warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps with linear warm-up"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0: off)"})
@@ -180,11 +183,16 @@ def task_loss(model: AladTaskModel, batch: dict[str, torch.Tensor]) -> torch.Ten
 
 
 def _optimizer(model: AladTaskModel, config: FinetuneConfig) -> torch.optim.Optimizer:
-    encoder = [p for p in model.encoder.parameters() if p.requires_grad]
-    rest = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("encoder.")]
+    def trainable(prefix: str) -> list[torch.nn.Parameter]:
+        return [p for name, p in model.named_parameters() if p.requires_grad and name.startswith(prefix)]
+
+    lr_adapter = config.lr_head if config.lr_adapter is None else config.lr_adapter
     groups = [
-        g for g in ({"params": encoder, "lr": config.lr_encoder}, {"params": rest, "lr": config.lr_head}) if g["params"]
+        {"params": trainable("encoder."), "lr": config.lr_encoder},
+        {"params": trainable("adapter."), "lr": lr_adapter},
+        {"params": trainable("head."), "lr": config.lr_head},
     ]
+    groups = [g for g in groups if g["params"]]
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
