@@ -248,8 +248,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from alad.runner import format_results, load_run_config, run_recipe
 
     config = load_run_config(args.config, args.profile)
+    if args.pairs:
+        wanted = [name.strip() for name in args.pairs.split(",") if name.strip()]
+        known = [pair.get("name") for pair in config["pairs"]]
+        missing = [name for name in wanted if name not in known]
+        if missing:
+            raise ValueError(f"{args.config} has no pair named {missing}; its pairs are {known}")
+        config["pairs"] = [pair for pair in config["pairs"] if pair.get("name") in wanted]
     out = args.out or f"runs/{Path(args.config).stem}-{args.profile}"
-    command = f"alad run {args.config} --profile {args.profile}" + (f" --out {args.out}" if args.out else "")
+    command = f"alad run {args.config} --profile {args.profile}"
+    command += (f" --pairs {args.pairs}" if args.pairs else "") + (f" --out {args.out}" if args.out else "")
     results = run_recipe(config, out, show_progress=not args.quiet, command=command)
     print(format_results(results))
     print(f"results: {Path(out) / 'results.md'}, {Path(out) / 'results.json'}, plots in {out}")
@@ -317,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("config", help="e.g. configs/ner_conll03.yaml")
     p_run.add_argument("--profile", default="quick", help="quick or full (default: quick)")
     p_run.add_argument("--out", help="run folder (default: runs/<config>-<profile>)")
+    p_run.add_argument("--pairs", help="only these student-teacher pairs of the config, by name (comma-separated)")
     p_run.add_argument("--quiet", action="store_true", help="no progress bars")
     p_run.set_defaults(func=_cmd_run)
 
