@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from alad.adapter import AdapterConfig, AlignmentAdapter
-from alad.alignment import AlignConfig, align, alignment_cosine
+from alad.alignment import AlignConfig, align, alignment_cosine, format_summary
 from alad.cache import EmbeddingCache
 from alad.finetuning import METRICS, MODEL_DIR, FinetuneConfig, finetune, headline, load_splits, main_metric
 from alad.latency import model_latency
@@ -246,7 +246,8 @@ def _run_pair(
         seed=config.get("seed", 0),
         **stage1,
     )
-    align(pair_dir / "stage1", align1, show_progress=show_progress)
+    summary1 = align(pair_dir / "stage1", align1, show_progress=show_progress)
+    print(f"[{name}] stage 1, task-independent alignment:\n{format_summary(summary1)}")
     texts = _texts_of(splits.train)
     align2 = AlignConfig(
         student=student,
@@ -259,6 +260,7 @@ def _run_pair(
         **stage2,
     )
     summary2 = align(pair_dir / "stage2", align2, texts=texts, show_progress=show_progress)
+    print(f"[{name}] stage 2, continual alignment on the task's text:\n{format_summary(summary2)}")
 
     teacher_emb = _cosine_reference(config, splits, teacher_encoder_dir, show_progress)
     for window in windows:
