@@ -59,6 +59,14 @@ class TokenEmbeddings:
         return len(self.texts)
 
 
+def display_name(name: str) -> str:
+    """Short model name for progress bars: a fine-tuned run's ``<run>/model/encoder`` shows as ``<run>``."""
+    path = Path(name)
+    if path.name == "encoder" and path.parent.name == "model":
+        return path.parent.parent.name
+    return path.name
+
+
 def corpus_hash(texts: Sequence[str]) -> str:
     digest = hashlib.sha256()
     for text in texts:
@@ -85,7 +93,7 @@ def cache_key(encoder: Encoder, texts: Sequence[str], layer: int) -> dict:
 
 def _key_directory(root: Path, key: dict) -> Path:
     digest = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=10).hexdigest()
-    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(key["model_name"]).name)[:40]
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in display_name(key["model_name"]))[:40]
     return root / f"{slug}-L{key['layer']}-{digest}"
 
 
@@ -217,7 +225,7 @@ class EmbeddingCache:
             total=total,
             unit="tok",
             disable=not show_progress,
-            desc=f"embedding with {Path(encoder.name).name}",
+            desc=f"embedding with {display_name(encoder.name)}",
         ) as progress:
             for index in range(first, num_shards):
                 lo, hi = index * self.shard_size, min((index + 1) * self.shard_size, len(spans))
