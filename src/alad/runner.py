@@ -345,6 +345,10 @@ def _summarise_pair(name: str, student: str, teacher: str, rows: list[dict], sum
     }
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else (f"{n / 1e3:.1f}K" if n >= 1e3 else str(n))
+
+
 def format_results(results: dict) -> str:
     """Markdown: one table per pair, the metric beside params, latency, cosine and recovery."""
     task = results["task"]
@@ -395,7 +399,7 @@ def format_results(results: dict) -> str:
             lines.append(
                 f"| {row['name']} | "
                 + " | ".join(f"{row[c]:.2f}" for c in cols)
-                + f" | {row['params'] / 1e6:.2f}M | {row['params_trained'] / 1e6:.2f}M | {row['latency_ms_b1']:.1f} | "
+                + f" | {_count(row['params'])} | {_count(row['params_trained'])} | {row['latency_ms_b1']:.1f} | "
                 f"{row['latency_ms_b32']:.1f} | {fmt(row.get('cosine_to_teacher'))} | "
                 f"{fmt(row.get('recovery'), True)} | {fmt(row.get('gain_over_random'))} | "
                 f"{fmt(row.get('share_of_teacher'), True)} |"
