@@ -183,7 +183,7 @@ def test_summary_recovery_share_and_gain():
     assert "recovery" not in by_name[TEACHER] and "share_of_teacher" not in by_name["AlAd w3, frozen"]
     markdown = format_results(_results(rows, pair))
     assert "WARNING" not in markdown
-    assert "| AlAd w3, frozen | 65.00 | 65.00 | 1.00M | 0.00M | 1.0 | 5.0 |  | 50% | 10.00 |  |" in markdown
+    assert "| AlAd w3, frozen | 65.00 | 65.00 | 1.00M | 0 | 1.0 | 5.0 |  | 50% | 10.00 |  |" in markdown
     assert "| AlAd w3, teacher-head |" in markdown and "| -33% |" in markdown
 
 
