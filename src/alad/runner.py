@@ -414,8 +414,15 @@ def format_results(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _short_label(row: dict) -> str:
+    if row["kind"] == "teacher":
+        return "teacher"
+    prefix = {"student": "student", "alad": "AlAd", "random": "random"}[row["kind"]]
+    return f"{prefix} {row.get('mode') or ''}".strip()
+
+
 def plot_results(results: dict, out: Path) -> None:
-    """Metric against parameters and against batch-1 latency, one marker per row."""
+    """Metric against parameters and against batch-1 latency: one panel per pair, one marker per row."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -424,20 +431,31 @@ def plot_results(results: dict, out: Path) -> None:
     from alad.serialization import atomic_write
 
     metric = main_metric(results["task"])
+    styles = {
+        "teacher": ("*", "tab:red"),
+        "student": ("s", "tab:grey"),
+        "alad": ("o", "tab:blue"),
+        "random": ("x", "tab:orange"),
+    }
+    pairs = [p["name"] for p in results["pairs"]]
     for x_key, x_label, file in (
         ("params", "parameters (millions)", "metric_vs_params.png"),
         ("latency_ms_b1", "CPU latency, batch 1 (ms)", "metric_vs_latency.png"),
     ):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        markers = {"teacher": "*", "student": "s", "alad": "o", "random": "x"}
-        for row in results["rows"]:
-            x = row[x_key] / 1e6 if x_key == "params" else row[x_key]
-            ax.scatter(x, row["main"], marker=markers[row["kind"]], s=60)
-            ax.annotate(f"{row['pair']}: {row['name']}", (x, row["main"]), fontsize=6, alpha=0.8)
-        ax.set_xlabel(x_label)
-        ax.set_ylabel(metric)
-        ax.set_title(f"{results['task'].upper()} ({results['profile']})")
-        ax.grid(alpha=0.3)
+        fig, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4.5), squeeze=False)
+        for ax, pair in zip(axes[0], pairs, strict=True):
+            for row in (r for r in results["rows"] if r["pair"] == pair):
+                x = row[x_key] / 1e6 if x_key == "params" else row[x_key]
+                marker, color = styles[row["kind"]]
+                ax.scatter(x, row["main"], marker=marker, color=color, s=70, label=row["kind"])
+                ax.annotate(_short_label(row), (x, row["main"]), textcoords="offset points", xytext=(5, 3), fontsize=7)
+            handles, labels = ax.get_legend_handles_labels()
+            unique = dict(zip(labels, handles, strict=True))
+            ax.legend(unique.values(), unique.keys(), fontsize=8, loc="lower right")
+            ax.set_xlabel(x_label)
+            ax.set_ylabel(metric)
+            ax.set_title(f"{results['task'].upper()} ({results['profile']}): {pair}", fontsize=10)
+            ax.grid(alpha=0.3)
         fig.tight_layout()
         atomic_write(out / file, lambda tmp, f=fig: f.savefig(tmp, format="png", dpi=120))
         plt.close(fig)
