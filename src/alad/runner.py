@@ -117,7 +117,10 @@ def _teacher_run(config: dict, pair: dict, teachers_dir: Path, show_progress: bo
         return run, read_json(run / METRICS, "teacher metrics (pass a finished fine-tuning run)")
     settings = dict(config.get("teacher_finetune") or {})
     ft = _finetune_config(config, student=pair["teacher"], adapter=None, mode="joint", **settings)
-    run = teachers_dir / f"{config['task']}-{_slug(pair['teacher'])}-{_digest(dataclasses.asdict(ft))}"
+    # Key on the settings that differ from the defaults, so a new option with a default keeps old teachers valid.
+    defaults = dataclasses.asdict(FinetuneConfig())
+    settings_key = {k: v for k, v in dataclasses.asdict(ft).items() if v != defaults[k]}
+    run = teachers_dir / f"{config['task']}-{_slug(pair['teacher'])}-{_digest(settings_key)}"
     logger.info("stage 0: teacher %s fine-tuned on %s -> %s", pair["teacher"], config["task"], run)
     return run, finetune(run, ft, show_progress=show_progress)
 
