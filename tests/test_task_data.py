@@ -174,3 +174,60 @@ def test_seeded_subset_edge_cases():
     assert seeded_subset(items, 1, seed=0) in [[i] for i in items]
     with pytest.raises(ValueError, match="at least one item, got n=0"):
         seeded_subset(items, 0, seed=0)
+
+
+class _FakeClassLabel:
+    def __init__(self, names):
+        self.feature = type("Names", (), {"names": names})()
+
+
+class _FakeDataset(list):
+    def __init__(self, rows, features):
+        super().__init__(rows)
+        self.column_names = list(rows[0])
+        self.features = features
+
+
+def test_hub_dataset_through_datasets(monkeypatch):
+    """hf:NAME@CONFIG goes through datasets.load_dataset; class ids become tag names, dev maps to validation."""
+    import sys
+    import types
+
+    calls = []
+    ner = _FakeDataset(
+        [{"tokens": ["EU", "rejects"], "ner_tags": [1, 0]}], {"ner_tags": _FakeClassLabel(["O", "B-ORG"])}
+    )
+    squad = _FakeDataset(
+        [
+            {
+                "id": "q1",
+                "title": "T",
+                "context": "Paris is big.",
+                "question": "What?",
+                "answers": {"text": ["Paris"], "answer_start": [0]},
+            },
+            {
+                "id": "q2",
+                "title": "T",
+                "context": "Paris is big.",
+                "question": "Who?",
+                "answers": {"text": [], "answer_start": []},
+            },
+        ],
+        {},
+    )
+
+    def load_dataset(name, config, split):
+        calls.append((name, config, split))
+        return squad if name == "squad_v2" else ner
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    source = DataSource.parse("hf:conll2003@default")
+    sentences = source.load("dev")
+    assert calls[-1] == ("conll2003", "default", "validation")
+    assert sentences[0].tokens == ["EU", "rejects"] and sentences[0].tags == ["B-ORG", "O"]
+    assert source.describe("test") == "hf:conll2003@default [test]"
+    examples = DataSource.parse("hf:squad_v2").load("train")
+    assert [(e.id, e.is_impossible, e.answers) for e in examples] == [("q1", False, [("Paris", 0)]), ("q2", True, [])]
+    with pytest.raises(ValueError, match="name the hub dataset"):
+        DataSource.parse("hf:")

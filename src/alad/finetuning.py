@@ -113,8 +113,8 @@ def load_splits(config: FinetuneConfig) -> TaskSplits:
     train_all = source.load(config.train_split)
     eval_all = source.load(config.eval_split)
     info: dict[str, Any] = {
-        "train_file": str(source.split_file(config.train_split)),
-        "eval_file": str(source.split_file(config.eval_split)),
+        "train_file": source.describe(config.train_split),
+        "eval_file": source.describe(config.eval_split),
     }
     if config.task == "qa" and config.squad_dev_articles_to_train:
         from alad.qa import split_squad_by_article

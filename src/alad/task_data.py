@@ -1,7 +1,8 @@
 """Which file is which split of a task's data, and seeded subsets of it.
 
 A data source is written ``FORMAT:PATH`` (``conll2003:../shared/data/conll2003``,
-``conllu:../shared/data/ud_english_ewt``, ``squad:../shared/data/squad_v2``) or just ``FORMAT``
+``conllu:../shared/data/ud_english_ewt``, ``squad:../shared/data/squad_v2``; ``hf:NAME[@CONFIG]``
+for a hub dataset through ``datasets`` where the hub is reachable) or just ``FORMAT``
 for the shared copy (or, for CoNLL-2003, the registry copy). Split names are ``train``, ``dev`` and
 ``test``; each format maps them to files. UD English-EWT ships no train file here, so its configs
 train on ``dev`` and evaluate on ``test``.
@@ -43,6 +44,10 @@ class DataSource:
     def parse(cls, spec: str, tag: str = "upos") -> DataSource:
         fmt, _, path = spec.partition(":")
         fmt = fmt.strip().lower()
+        if fmt == "hf":
+            if not path:
+                raise ValueError(f"{spec!r}: name the hub dataset, e.g. hf:conll2003 or hf:squad_v2")
+            return cls("hf", Path(path), tag)
         if fmt not in _SPLIT_PATTERNS:
             raise ValueError(f"unknown data format {fmt!r} in {spec!r}; use one of {sorted(_SPLIT_PATTERNS)}:PATH")
         folder = Path(path).expanduser() if path else _default_folder(fmt)
@@ -51,6 +56,8 @@ class DataSource:
         return cls(fmt, folder, tag)
 
     def split_file(self, split: str) -> Path:
+        if self.format == "hf":
+            raise ValueError(f"hub dataset {self.path} has no split files; use describe() or load()")
         if self.path.is_file():
             return self.path
         patterns = _SPLIT_PATTERNS[self.format].get(split)
@@ -66,6 +73,8 @@ class DataSource:
         )
 
     def load(self, split: str) -> list[TaggedSentence] | list[QAExample]:
+        if self.format == "hf":
+            return load_hub_split(str(self.path), split, self.tag)
         path = self.split_file(split)
         if self.format == "conll2003":
             return read_conll2003(path)
@@ -74,7 +83,50 @@ class DataSource:
         return read_squad(path)
 
     def describe(self, split: str) -> str:
+        """Where a split comes from: its file, or the hub dataset and split name."""
+        if self.format == "hf":
+            return f"hf:{self.path.as_posix()} [{_HUB_SPLITS.get(split, split)}]"
         return f"{self.format}:{self.split_file(split)}"
+
+
+_HUB_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
+_HUB_TAG_COLUMNS = ("ner_tags", "upos", "pos_tags", "xpos", "tags")
+
+
+def load_hub_split(name: str, split: str, tag: str = "upos") -> list[TaggedSentence] | list[QAExample]:
+    """A split of a hub dataset through ``datasets`` (``NAME`` or ``NAME@CONFIG``), as alad's records.
+
+    Token data needs a ``tokens`` column and a tag column (``tag`` if present, else the first of
+    ner_tags, upos, pos_tags, xpos, tags; class ids are mapped to their names); QA data needs the
+    SQuAD columns (id, title, context, question, answers).
+    """
+    try:
+        import datasets
+    except ImportError as err:
+        raise RuntimeError("hub datasets need the `datasets` package: pip install datasets") from err
+    dataset_name, _, config_name = name.partition("@")
+    ds = datasets.load_dataset(dataset_name, config_name or None, split=_HUB_SPLITS.get(split, split))
+    columns = set(ds.column_names)
+    if {"context", "question", "answers"} <= columns:
+        return [
+            QAExample(
+                id=str(row["id"]),
+                title=str(row.get("title", "")),
+                context=row["context"],
+                question=row["question"],
+                answers=list(zip(row["answers"]["text"], row["answers"]["answer_start"], strict=True)),
+                is_impossible=not row["answers"]["text"],
+            )
+            for row in ds
+        ]
+    tag_column = next((c for c in (tag, *_HUB_TAG_COLUMNS) if c in columns), None)
+    if "tokens" not in columns or tag_column is None:
+        raise ValueError(
+            f"hub dataset {name} has columns {sorted(columns)}; alad needs tokens + a tag column "
+            f"({', '.join(_HUB_TAG_COLUMNS)}) or the SQuAD columns"
+        )
+    names = getattr(getattr(ds.features[tag_column], "feature", None), "names", None)
+    return [TaggedSentence(list(row["tokens"]), [names[t] if names else str(t) for t in row[tag_column]]) for row in ds]
 
 
 def _default_folder(fmt: str) -> Path:
