@@ -114,7 +114,7 @@ def test_info_on_adapter_and_run_folders(align_run, capsys, tmp_path):
     assert main(["info", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["info", str(tmp_path)]) == 2
-    assert "neither an adapter folder" in capsys.readouterr().err
+    assert "is not an adapter folder" in capsys.readouterr().err
 
 
 def test_even_window_is_an_argparse_error(capsys):
@@ -237,6 +237,10 @@ def test_evaluate(teacher_run, capsys):
     assert capsys.readouterr().out.startswith("ner (joint) on test: micro_f1 ")
     assert main(["evaluate", str(out.parent / "missing")]) == 2
     assert "is not a fine-tuning run folder" in capsys.readouterr().err
+    assert main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert info.startswith(f"fine-tuning run: {out}\nner (joint) on dev: ")
+    assert f"micro_f1 {headline['micro_f1']:.2f}" in info and "**micro avg**" in info
 
 
 def test_predict_tags_words(teacher_run, capsys):

@@ -141,9 +141,14 @@ def describe(path: str | Path) -> str:
         return "\n".join(lines)
     if (path / SUMMARY_JSON).is_file():
         return f"alignment run: {path}\n\n" + format_summary(read_json(path / SUMMARY_JSON, "run summary"))
+    if (path / "metrics.json").is_file():
+        return f"fine-tuning run: {path}\n" + format_metrics(read_json(path / "metrics.json", "run metrics"))
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
-    raise ArtefactError(f"{path} is neither an adapter folder ({CONFIG_FILE}) nor an alignment run ({SUMMARY_JSON})")
+    raise ArtefactError(
+        f"{path} is not an adapter folder ({CONFIG_FILE}), an alignment run ({SUMMARY_JSON}) or a fine-tuning run "
+        "(metrics.json)"
+    )
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -335,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--out", required=True, help="folder of the new model")
     p_cmp.set_defaults(func=_cmd_compress)
 
-    p_info = sub.add_parser("info", help="describe an adapter or an alignment run folder")
+    p_info = sub.add_parser("info", help="describe an adapter, an alignment run or a fine-tuning run folder")
     p_info.add_argument("path")
     p_info.set_defaults(func=_cmd_info)
     return parser
