@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from tiny_tasks import save_tiny_bert
 
 # The models here are tiny: one thread is fastest, and keeps timings steady on a shared machine.
 torch.set_num_threads(1)
@@ -133,24 +134,10 @@ def sentences() -> list[str]:
 @pytest.fixture(scope="session")
 def bert_dir(tmp_path_factory) -> Path:
     """A tiny BERT (hidden 32, 64 positions) with a WordPiece tokenizer, saved to a folder."""
-    from transformers import BertConfig, BertModel
-
     directory = tmp_path_factory.mktemp("tiny-bert")
     vocab_file = directory / "vocab.txt"
     vocab_file.write_text("\n".join(BERT_VOCAB) + "\n", encoding="utf-8")
-    tokenizer = _bert_tokenizer(vocab_file)
-    config = BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_bert(directory, _bert_tokenizer(vocab_file))
 
 
 @pytest.fixture(scope="session")

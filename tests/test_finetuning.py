@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_tasks import QA_DEV, write_ner_data, write_pos_data, write_qa_data
+from tiny_tasks import QA_DEV, save_tiny_bert, write_ner_data, write_pos_data, write_qa_data
 
 # ``alad.finetuning`` is also the name of the function the package exports: patch the module itself.
 import alad.finetuning as finetune_module
@@ -291,22 +291,11 @@ def test_pos_run_on_conllu(bert_dir, tmp_path):
 @pytest.fixture(scope="module")
 def qa_bert_dir(bert_dir, tmp_path_factory):
     """The fixture BERT's tokenizer on a model with 128 positions: QA windows need room for the question."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import AutoTokenizer
 
     directory = tmp_path_factory.mktemp("qa-bert")
     tokenizer = AutoTokenizer.from_pretrained(bert_dir)
-    config = BertConfig(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_bert(directory, tokenizer, num_hidden_layers=1, max_position_embeddings=128)
 
 
 def test_qa_run_reports_squad_v2_metrics(qa_bert_dir, tmp_path):

@@ -214,3 +214,22 @@ def write_recipe(folder: Path, bert_dir: Path, sentences: list[str], **extra) ->
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     return path
+
+
+def save_tiny_bert(directory: Path, tokenizer, num_hidden_layers: int = 2, max_position_embeddings: int = 64) -> Path:
+    """A random BERT (hidden 32, 2 heads) sized to ``tokenizer``, saved with it; seeded, so reproducible."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        hidden_size=32,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=max_position_embeddings,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -196,21 +196,13 @@ def format_metrics(result: dict[str, Any]) -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import torch
 
-    from alad.finetuning import evaluate_task_model, headline, load_run, load_splits
-    from alad.latency import model_latency
+    from alad.finetuning import evaluate_task_model, headline, load_run, load_splits, task_model_latency
 
     model, config = load_run(args.run)
     config = dataclasses.replace(config, eval_split=args.split, max_eval=args.max_eval)
     items = load_splits(config).eval
     metrics = evaluate_task_model(model, items, config, show_progress=not args.quiet)
-    vocab = model.encoder.config.vocab_size
-
-    def make_inputs(batch: int) -> dict:
-        ids = torch.randint(5, vocab, (batch, 32), generator=torch.Generator().manual_seed(0))
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
     result = {
         "task": config.task,
         "mode": config.mode,
@@ -219,7 +211,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "headline": headline(metrics, config.task),
         "params_total": model.num_parameters(),
         "params_trained": 0,
-        "latency": model_latency(model, make_inputs, batch_sizes=(1, 32)),
+        "latency": task_model_latency(model),
     }
     print(format_metrics(result))
     return 0

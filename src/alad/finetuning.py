@@ -343,6 +343,20 @@ def evaluate_task_model(
     return pos_metrics(gold, predicted) if model.config.task == "pos" else ner_metrics(gold, predicted)
 
 
+def task_model_latency(model: AladTaskModel, seq_len: int = 32) -> dict[int, dict[str, float]]:
+    """CPU latency of the whole deployed model (encoder, adapter, head) at batch 1 and 32, on fixed
+    random token ids of ``seq_len`` tokens, so every row of a table is timed on the same input."""
+    from alad.latency import model_latency
+
+    vocab = model.encoder.config.vocab_size
+
+    def make_inputs(batch: int) -> dict[str, torch.Tensor]:
+        ids = torch.randint(5, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0))
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    return model_latency(model, make_inputs, batch_sizes=(1, 32))
+
+
 def headline(metrics: dict[str, Any], task: str) -> dict[str, float]:
     """The numbers a results row shows, in percent."""
     if task == "pos":

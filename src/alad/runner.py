@@ -25,8 +25,16 @@ import torch
 from alad.adapter import AdapterConfig, AlignmentAdapter
 from alad.alignment import AlignConfig, align, alignment_cosine, format_summary
 from alad.cache import EmbeddingCache
-from alad.finetuning import METRICS, MODEL_DIR, FinetuneConfig, finetune, headline, load_splits, main_metric
-from alad.latency import model_latency
+from alad.finetuning import (
+    METRICS,
+    MODEL_DIR,
+    FinetuneConfig,
+    finetune,
+    headline,
+    load_splits,
+    main_metric,
+    task_model_latency,
+)
 from alad.models import load_encoder
 from alad.readers import TaggedSentence
 from alad.serialization import read_json, write_json_atomic, write_text_atomic
@@ -141,14 +149,7 @@ def _row(name: str, kind: str, result: dict, task: str, model_dir: Path, latency
     from alad.task_models import AladTaskModel
 
     model = AladTaskModel.from_pretrained(model_dir)
-    vocab = model.encoder.config.vocab_size
-
-    def make_inputs(batch: int) -> dict:
-        generator = torch.Generator().manual_seed(0)
-        ids = torch.randint(5, vocab, (batch, latency_seq_len), generator=generator)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-    latency = model_latency(model, make_inputs, batch_sizes=(1, 32))
+    latency = task_model_latency(model, latency_seq_len)
     return {
         "name": name,
         "kind": kind,
