@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from alad.adapter import AdapterConfig, AlignmentAdapter
 from alad.cache import EmbeddingCache, TokenEmbeddings, encode_spans
@@ -38,6 +37,7 @@ from alad.serialization import (
     write_text_atomic,
 )
 from alad.tokenizer_alignment import segment_texts, teacher_targets
+from alad.training_loop import ResumableLoop, optimizer_step
 
 logger = logging.getLogger(__name__)
 
@@ -403,47 +403,38 @@ def align(
         torch.manual_seed(config.seed)
     write_json_atomic(out / RUN_CONFIG, {"kind": "alignment_run", "config": config_to_dict(config)})
 
-    progress = tqdm(
-        total=total_steps,
-        initial=step,
-        unit="step",
-        disable=not show_progress,
-        desc=f"aligning w{','.join(map(str, trainers))}",
-    )
-    for epoch in range(start_epoch, config.epochs):
-        batches = token_batches(train_lengths, config.batch_tokens, config.seed + epoch)
-        for index, batch in enumerate(batches):
-            if epoch == start_epoch and index < start_batch:
-                continue
-            x, attention, y, counted = train.collate(batch)
-            losses = {}
-            for window, t in trainers.items():
-                t.adapter.train()
-                loss = alignment_loss(t.adapter(x, attention), y, counted, config.loss)
-                t.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(t.adapter.parameters(), config.grad_clip)
-                t.optimizer.step()
-                t.scheduler.step()
-                losses[f"w{window}"] = round(loss.item(), 4)
-            step += 1
-            progress.update(1)
-            progress.set_postfix(losses)
-            if stop_after_steps is not None and step >= stop_after_steps:
-                _save_checkpoint(out, trainers, epoch, index + 1, step, extra)
-                progress.close()
-                return {"interrupted_at_step": step}
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                _save_checkpoint(out, trainers, epoch, index + 1, step, extra)
+    def train_step(batch: list[int]) -> dict[str, float]:
+        x, attention, y, counted = train.collate(batch)
+        losses = {}
+        for window, t in trainers.items():
+            t.adapter.train()
+            loss = alignment_loss(t.adapter(x, attention), y, counted, config.loss)
+            optimizer_step(loss, t.optimizer, t.scheduler, t.adapter.parameters(), config.grad_clip)
+            losses[f"w{window}"] = round(loss.item(), 4)
+        return losses
+
+    def end_epoch(epoch: int) -> None:
         for window, t in trainers.items():
             metrics = evaluate_adapter(t.adapter, val)
             t.history.append({"epoch": epoch + 1, "val_mse": metrics["mse"], "val_cosine": metrics["cosine"]})
             if not t.best or metrics["mse"] < t.best["val_mse"]:
                 t.best = {"epoch": epoch + 1, "val_mse": metrics["mse"], "val_cosine": metrics["cosine"]}
                 t.adapter.save_pretrained(out / f"w{window}", metadata=_adapter_metadata(config, t, extra))
-        _save_checkpoint(out, trainers, epoch + 1, 0, step, extra)
-    progress.close()
+
+    loop = ResumableLoop(
+        config.epochs,
+        lambda epoch: token_batches(train_lengths, config.batch_tokens, config.seed + epoch),
+        lambda epoch, batch, step: _save_checkpoint(out, trainers, epoch, batch, step, extra),
+        start_epoch=start_epoch,
+        start_batch=start_batch,
+        start_step=step,
+        checkpoint_every=config.checkpoint_every,
+        stop_after_steps=stop_after_steps,
+        description=f"aligning w{','.join(map(str, trainers))}",
+        show_progress=show_progress,
+    )
+    if not loop.run(train_step, end_epoch):
+        return {"interrupted_at_step": loop.step}
 
     summary = _summarise(config, trainers, extra)
     for window, t in trainers.items():  # refresh the saved metadata with the full history

@@ -43,6 +43,7 @@ from alad.tasks import (
     label_vocabulary,
     prepare_token_features,
 )
+from alad.training_loop import ResumableLoop, optimizer_step
 
 logger = logging.getLogger(__name__)
 
@@ -208,26 +209,36 @@ def train_task_model(
     if not model.trainable_parameter_names():
         return {"steps": 0, "final_loss": None}
     lengths = [len(f.input_ids) for f in features]
-    steps_per_epoch = len(length_bucketed_batches(lengths, config.batch_size, config.seed))
-    total = steps_per_epoch * config.epochs
+    loop = ResumableLoop(
+        config.epochs,
+        lambda epoch: length_bucketed_batches(lengths, config.batch_size, config.seed + epoch),
+        lambda epoch, batch, step: save(epoch, batch, step),
+        checkpoint_every=config.checkpoint_every,
+        stop_after_steps=stop_after_steps,
+        description=f"fine-tuning {model.config.task} ({model.config.mode})",
+        show_progress=show_progress,
+    )
     optimizer = _optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(total, config.warmup_ratio))
-    epoch0, batch0, step, losses = 0, 0, 0, []
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_linear_decay(loop.total_steps(), config.warmup_ratio)
+    )
+    losses: list[float] = []
     state = load_training_state(checkpoint_path) if checkpoint_path else None
     if state is not None:
         model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-        epoch0, batch0, step, losses = state["epoch"], state["batch"], state["step"], state["losses"]
-        logger.info("resuming fine-tuning at epoch %d, batch %d", epoch0 + 1, batch0)
+        loop.resume_at(state["epoch"], state["batch"], state["step"])
+        losses = state["losses"]
+        logger.info("resuming fine-tuning at epoch %d, batch %d", loop.start_epoch + 1, loop.start_batch)
     else:
         torch.manual_seed(config.seed)
 
-    def save(epoch: int, batch: int) -> None:
+    def save(epoch: int, batch: int, step: int) -> None:
         if checkpoint_path is None:
             return
-        trainable = {n for n in model.trainable_parameter_names()}
+        trainable = set(model.trainable_parameter_names())
         save_training_state(
             checkpoint_path,
             {
@@ -242,38 +253,16 @@ def train_task_model(
             },
         )
 
+    def train_step(batch_indices: list[int]) -> dict[str, str]:
+        loss = task_loss(model, _collate(model, [features[i] for i in batch_indices]))
+        optimizer_step(loss, optimizer, scheduler, [p for p in model.parameters() if p.requires_grad], config.grad_clip)
+        losses.append(round(loss.item(), 5))
+        return {"loss": f"{sum(losses[-20:]) / len(losses[-20:]):.4f}"}
+
     model.train()
-    progress = tqdm(
-        total=total,
-        initial=step,
-        unit="step",
-        disable=not show_progress,
-        desc=f"fine-tuning {model.config.task} ({model.config.mode})",
-    )
-    for epoch in range(epoch0, config.epochs):
-        for index, batch_indices in enumerate(length_bucketed_batches(lengths, config.batch_size, config.seed + epoch)):
-            if epoch == epoch0 and index < batch0:
-                continue
-            batch = _collate(model, [features[i] for i in batch_indices])
-            loss = task_loss(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            losses.append(round(loss.item(), 5))
-            progress.update(1)
-            progress.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
-            if stop_after_steps is not None and step >= stop_after_steps:
-                save(epoch, index + 1)
-                progress.close()
-                return {"interrupted_at_step": step}
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                save(epoch, index + 1)
-        save(epoch + 1, 0)
-    progress.close()
+    if not loop.run(train_step):
+        return {"interrupted_at_step": loop.step}
+    step = loop.step
     model.eval()
     return {"steps": step, "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "loss_curve": losses[::10]}
 

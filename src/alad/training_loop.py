@@ -1,0 +1,106 @@
+"""The resumable epoch/batch loop that alignment and task fine-tuning share.
+
+A run that stops (killed, or ``stop_after_steps`` in tests) restarts at the batch after the last
+checkpoint, with the same seeded batch order, so it ends bit-identical to a run never interrupted.
+Keeping that bookkeeping in one place is what makes both trainers resumable the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+SaveFn = Callable[[int, int, int], None]
+"""``save(epoch, batch, step)``: checkpoint a run about to start batch ``batch`` of epoch ``epoch``."""
+
+
+class ResumableLoop:
+    """Epochs of seeded batches from a saved position, with step-cadence checkpoints and an early stop."""
+
+    def __init__(
+        self,
+        epochs: int,
+        batches_for_epoch: Callable[[int], Sequence[Any]],
+        save: SaveFn,
+        *,
+        start_epoch: int = 0,
+        start_batch: int = 0,
+        start_step: int = 0,
+        checkpoint_every: int = 0,
+        stop_after_steps: int | None = None,
+        description: str = "training",
+        show_progress: bool = True,
+    ) -> None:
+        self.epochs = epochs
+        self.batches_for_epoch = batches_for_epoch
+        self.save = save
+        self.start_epoch, self.start_batch = start_epoch, start_batch
+        self.step = start_step
+        self.checkpoint_every = checkpoint_every
+        self.stop_after_steps = stop_after_steps
+        self.description = description
+        self.show_progress = show_progress
+
+    def resume_at(self, epoch: int, batch: int, step: int) -> None:
+        """Continue from a checkpoint taken before batch ``batch`` of epoch ``epoch``, after ``step`` steps."""
+        self.start_epoch, self.start_batch, self.step = epoch, batch, step
+
+    def total_steps(self) -> int:
+        return sum(len(self.batches_for_epoch(epoch)) for epoch in range(self.epochs))
+
+    def run(
+        self,
+        train_step: Callable[[Any], dict[str, Any]],
+        end_epoch: Callable[[int], None] | None = None,
+    ) -> bool:
+        """Call ``train_step(batch)`` (it returns the progress-bar postfix) for every batch not yet done.
+
+        ``end_epoch(epoch)`` runs after each epoch, before the epoch-end checkpoint. Returns False when
+        the run stopped early at ``stop_after_steps`` (a checkpoint was written), True when it finished.
+        """
+        progress = tqdm(
+            total=self.total_steps(),
+            initial=self.step,
+            unit="step",
+            disable=not self.show_progress,
+            desc=self.description,
+        )
+        try:
+            for epoch in range(self.start_epoch, self.epochs):
+                for index, batch in enumerate(self.batches_for_epoch(epoch)):
+                    if epoch == self.start_epoch and index < self.start_batch:
+                        continue
+                    postfix = train_step(batch)
+                    self.step += 1
+                    progress.update(1)
+                    progress.set_postfix(postfix)
+                    if self.stop_after_steps is not None and self.step >= self.stop_after_steps:
+                        self.save(epoch, index + 1, self.step)
+                        return False
+                    if self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                        self.save(epoch, index + 1, self.step)
+                if end_epoch is not None:
+                    end_epoch(epoch)
+                self.save(epoch + 1, 0, self.step)
+        finally:
+            progress.close()
+        return True
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    parameters: Iterable[torch.nn.Parameter],
+    grad_clip: float,
+) -> None:
+    """Backward, clip the global gradient norm (when ``grad_clip`` > 0), step optimiser and schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(list(parameters), grad_clip)
+    optimizer.step()
+    scheduler.step()
