@@ -187,6 +187,10 @@ def test_config_validation():
         FinetuneConfig(task="chunk")
     with pytest.raises(ValueError, match="mode must be one of"):
         FinetuneConfig(mode="lora")
+    with pytest.raises(ValueError, match="head_init must be one of"):
+        FinetuneConfig(head_init="zeros")
+    with pytest.raises(ValueError, match="head_init 'teacher' needs --adapter"):
+        FinetuneConfig(head_init="teacher", teacher="runs/t")
 
 
 def test_length_bucketed_batches():

@@ -223,11 +223,27 @@ def test_teacher_head_refuses_other_teachers(bert_dir, roberta_dir, teacher):
     adapted = build_task_model("ner", roberta_dir, LABELS, adapter=_adapter(student_dim=48, teacher_dim=48))
     with pytest.raises(ValueError, match="plain fine-tuned encoder, not an adapted student"):
         build_task_model("ner", bert_dir, LABELS, adapter=adapter, mode="teacher-head", teacher_model=adapted)
-    # a teacher whose width does not match the adapter's output is refused by the head shape check
-    with pytest.raises(ValueError, match="the head maps 48 -> 3 but this model needs 32 -> 3"):
+    # a teacher whose width does not match the adapter's output is refused before any head is built
+    with pytest.raises(ValueError, match="adapter maps to 32 dimensions but the teacher's head reads 48"):
         build_task_model(
             "ner", bert_dir, LABELS, adapter=_adapter(teacher_dim=32), mode="teacher-head", teacher_model=teacher
         )
+
+
+@pytest.mark.parametrize("mode", ["frozen", "joint"])
+def test_head_from_teacher_starts_from_a_trainable_copy(bert_dir, teacher, mode):
+    model = build_task_model(
+        "ner", bert_dir, LABELS, adapter=_adapter(), mode=mode, teacher_model=teacher, head_from_teacher=True
+    )
+    assert torch.equal(model.head.weight, teacher.head.weight) and torch.equal(model.head.bias, teacher.head.bias)
+    assert "head" in _prefixes(model.trainable_parameter_names())
+    random_head = build_task_model("ner", bert_dir, LABELS, adapter=_adapter(), mode=mode, teacher_model=teacher)
+    assert not torch.equal(random_head.head.weight, teacher.head.weight)
+
+
+def test_head_from_teacher_needs_an_adapter(bert_dir, teacher):
+    with pytest.raises(ValueError, match="needs an alignment adapter"):
+        build_task_model("ner", bert_dir, LABELS, mode="frozen", teacher_model=teacher, head_from_teacher=True)
 
 
 def test_build_task_model_is_seeded(bert_dir):

@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_teacher.add_argument("--out", required=True, help="run folder of the fine-tuned teacher")
     p_teacher.add_argument("--config", help="YAML or JSON file of options")
     p_teacher.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_config_arguments(p_teacher, FinetuneConfig, exclude=("student", "adapter", "teacher", "mode"))
+    add_config_arguments(p_teacher, FinetuneConfig, exclude=("student", "adapter", "teacher", "mode", "head_init"))
     p_teacher.set_defaults(func=_cmd_finetune)
 
     p_ft = sub.add_parser("finetune", help="stage 3: fine-tune student (+ adapter) + head in a mode")

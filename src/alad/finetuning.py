@@ -52,6 +52,9 @@ METRICS = "metrics.json"
 MODEL_DIR = "model"
 
 
+HEAD_INITS = ("random", "teacher")
+
+
 @dataclass
 class FinetuneConfig:
     """Settings of one task fine-tuning run; saved as ``finetune_config.json``."""
@@ -63,6 +66,13 @@ class FinetuneConfig:
         default=None, metadata={"help": "fine-tuned teacher run folder (needed by teacher-head mode)"}
     )
     mode: str = field(default="joint", metadata={"help": f"one of {MODES}"})
+    head_init: str = field(
+        default="random",
+        metadata={
+            "help": "random, or teacher: start the head from the fine-tuned teacher's own head, which already "
+            "reads the space the adapter maps into (needs --adapter and --teacher)"
+        },
+    )
     data: str = field(default="conll2003", metadata={"help": "FORMAT or FORMAT:PATH (conll2003, conllu, squad)"})
     tag: str = field(default="upos", metadata={"help": "CoNLL-U tag column: upos or xpos"})
     train_split: str = field(default="train", metadata={"help": "split to train on"})
@@ -97,6 +107,13 @@ class FinetuneConfig:
             raise ValueError(f"mode {self.mode!r} needs --adapter")
         if self.mode == "teacher-head" and not self.teacher:
             raise ValueError("mode 'teacher-head' needs --teacher, the fine-tuned teacher's run folder")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
+        if self.head_init == "teacher" and not (self.adapter and self.teacher):
+            raise ValueError(
+                "head_init 'teacher' needs --adapter (its output is in the teacher's space) and --teacher "
+                "(whose head is copied)"
+            )
 
 
 @dataclass
@@ -408,6 +425,7 @@ def finetune(
         adapter=config.adapter,
         mode=config.mode,
         teacher_model=teacher,
+        head_from_teacher=config.head_init == "teacher",
         seed=config.seed,
     )
     started = time.perf_counter()

@@ -186,15 +186,28 @@ def build_task_model(
     teacher_model: AladTaskModel | None = None,
     student_layer: int = -1,
     seed: int = 0,
+    head_from_teacher: bool = False,
 ) -> AladTaskModel:
-    """A fresh task model: student encoder, optional adapter, head (the teacher's in teacher-head mode)."""
+    """A fresh task model: student encoder, optional adapter, and a head, copied from the teacher in
+    teacher-head mode or with ``head_from_teacher`` (an aligned adapter speaks the teacher's space)."""
     encoder = load_encoder(student)
     if isinstance(adapter, str | os.PathLike):
         adapter = AlignmentAdapter.from_pretrained(adapter)
     head = None
-    if mode == "teacher-head":
+    if mode == "teacher-head" or head_from_teacher:
         if teacher_model is None:
-            raise ValueError("mode 'teacher-head' needs the task-fine-tuned teacher (pass --teacher)")
+            raise ValueError("the teacher's head needs the task-fine-tuned teacher (pass --teacher)")
+        if adapter is None:
+            raise ValueError(
+                f"mode {mode!r} needs an alignment adapter (pass --adapter)"
+                if mode == "teacher-head"
+                else "head_init 'teacher' needs an alignment adapter: the teacher's head reads the teacher's space"
+            )
+        if adapter.config.teacher_dim != teacher_model.head.in_features:
+            raise ValueError(
+                f"the adapter maps to {adapter.config.teacher_dim} dimensions but the teacher's head reads "
+                f"{teacher_model.head.in_features}; align the adapter to this teacher"
+            )
         if teacher_model.adapter is not None:
             raise ValueError("the teacher must be a plain fine-tuned encoder, not an adapted student")
         if teacher_model.config.task != task or tuple(teacher_model.config.labels) != tuple(labels):
