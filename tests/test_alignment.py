@@ -260,6 +260,23 @@ def test_rerun_with_other_settings_is_refused(finished_run, run_settings):
         align(out, **{**run_settings, "epochs": 3, "lr": 1e-3})
 
 
+def test_rerun_on_other_texts_is_refused(finished_run, run_settings):
+    out, _ = finished_run
+    with pytest.raises(ValueError, match="holds a run on other texts"):
+        align(out, **{**run_settings, "texts": run_settings["texts"][::-1]})
+
+
+def test_align_on_text_pairs(run_settings, tmp_path):
+    texts = run_settings["texts"]
+    pairs = [(texts[i], texts[i + 1]) for i in range(0, len(texts) - 1, 2)]
+    summary = align(tmp_path / "pairs", **{**run_settings, "texts": pairs, "windows": (3,)})
+    assert summary["num_texts"] == summary["num_segments"] == len(pairs)
+    row = summary["windows"]["3"]
+    assert row["val_cosine"] > row["val_cosine_init"]
+    with pytest.raises(ValueError, match="holds a run on other texts"):  # the pairs joined are other texts
+        align(tmp_path / "pairs", **{**run_settings, "texts": [a + " " + b for a, b in pairs], "windows": (3,)})
+
+
 @pytest.mark.parametrize("stops", [(3, 13), (8,)], ids=["mid-epochs", "epoch-boundary"])
 def test_interrupted_run_resumes_to_identical_adapters(finished_run, run_settings, tmp_path, stops):
     # 32 training texts at 64 padded tokens per batch: 8 steps per epoch, 16 in all

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -195,3 +196,30 @@ def test_batches_by_tokens_respects_the_budget():
         width = max(lengths[i] for i in batch)
         assert width * len(batch) <= 18 or len(batch) == 1
     assert batches[0] == [6]  # longest first; 12 + 9 padded to 24 > 18
+
+
+def test_text_pairs_are_encoded_as_pair_inputs(tmp_path, bert, roberta, sentences):
+    pairs = [(f"question {i} ?", text) for i, text in enumerate(sentences[:5])]
+    for encoder in (bert, roberta):
+        emb = EmbeddingCache(tmp_path, max_tokens=64).embed(encoder, pairs, show_progress=False)
+        assert emb.key["text_pairs"] is True and emb.texts == pairs
+        for pair, state in zip(pairs, emb.states, strict=True):
+            enc = encoder.tokenizer(*pair, return_tensors="pt")  # with token_type_ids where BERT uses them
+            with torch.no_grad():
+                direct = encoder.model(**enc).last_hidden_state[0]
+            torch.testing.assert_close(state.float(), direct, atol=2e-3, rtol=2e-3)
+    # BERT's segment ids matter: the pair states differ from the same ids read as one segment
+    spans = tokenize_with_spans(bert.tokenizer, pairs[:1])
+    one_segment = [dataclasses.replace(spans[0], token_type_ids=None)]
+    assert not torch.allclose(encode_spans(bert, spans)[0].float(), encode_spans(bert, one_segment)[0].float())
+
+
+def test_pair_corpus_has_its_own_key(bert):
+    pair = [("a cat", "sat on the mat")]
+    joined = ["a cat sat on the mat"]
+    assert cache_key(bert, pair, -1)["corpus_sha256"] != cache_key(bert, joined, -1)["corpus_sha256"]
+    assert (
+        cache_key(bert, pair, -1)["corpus_sha256"]
+        != cache_key(bert, [("a cat sat", "on the mat")], -1)["corpus_sha256"]
+    )
+    assert "text_pairs" not in cache_key(bert, joined, -1)

@@ -8,9 +8,11 @@ import types
 
 import pytest
 import yaml
-from tiny_tasks import MODES, write_recipe
+from tiny_tasks import MODES, save_tiny_bert, write_qa_data, write_recipe
 
 import alad.finetuning as finetune_module
+from alad.cache import corpus_hash
+from alad.finetuning import FinetuneConfig, load_splits
 from alad.runner import _summarise_pair, format_results, load_run_config, run_recipe
 
 alignment_module = importlib.import_module("alad.alignment")
@@ -201,6 +203,57 @@ def test_teacher_not_better_warning(capsys):
     # an equal score is no better either
     rows = _rows(teacher=60.0, frozen=50.0, joint=60.0)
     assert len(_summarise_pair("p", "s", "t", rows, SUMMARY2, "ner")["warnings"]) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# question answering end to end
+
+
+def test_qa_recipe_aligns_on_question_context_pairs(bert_dir, sentences, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    teacher = save_tiny_bert(tmp_path / "qa-bert", AutoTokenizer.from_pretrained(bert_dir), max_position_embeddings=128)
+    data = write_qa_data(tmp_path / "squad")
+    recipe = {
+        "task": "qa",
+        "data": f"squad:{data}",
+        "eval_split": "dev",
+        "pairs": [{"name": "tiny", "student": {"compress": str(teacher), "keep_layers": [0]}, "teacher": str(teacher)}],
+        "corpus": str(tmp_path / "corpus.txt"),
+        "windows": [1],
+        "modes": ["frozen", "teacher-head"],
+        "batch_size": 8,
+        "max_length": 128,
+        "doc_stride": 32,
+        "epochs": 1,
+        "stage1": {"epochs": 1, "max_texts": 20, "hidden_size": 16},
+        "stage2": {"epochs": 1},
+        "cosine_texts": 4,
+        "teachers_dir": str(tmp_path / "teachers"),
+        "profiles": {"quick": {}},
+    }
+    (tmp_path / "corpus.txt").write_text("\n".join(sentences), encoding="utf-8")
+    (tmp_path / "qa.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    monkeypatch.setenv("ALAD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(latency_module, "gc", NO_GC)
+    results = run_recipe(load_run_config(tmp_path / "qa.yaml", "quick"), tmp_path / "run", show_progress=False)
+    names = [r["name"] for r in results["rows"]]
+    assert names == [
+        TEACHER,
+        STUDENT_FROZEN,
+        STUDENT_JOINT,
+        "AlAd w1, frozen",
+        "AlAd w1, teacher-head",
+        "random-init adapter w1, frozen",
+    ]
+    for row in results["rows"]:
+        assert {"exact", "f1", "HasAns_f1", "NoAns_f1"} <= set(row) and row["main"] == row["f1"]
+    # stage 2 aligned on the questions and contexts as the QA model reads them: one pair per question
+    train = load_splits(FinetuneConfig(task="qa", data=f"squad:{data}", eval_split="dev", max_train=None)).train
+    saved = json.loads((tmp_path / "run" / "tiny" / "stage2" / "run_config.json").read_text())
+    assert saved["texts_sha256"] == corpus_hash([(ex.question, ex.context) for ex in train])
+    summary = json.loads((tmp_path / "run" / "tiny" / "stage2" / "summary.json").read_text())
+    assert summary["num_texts"] == len(train) == 10
 
 
 # --------------------------------------------------------------------------------------------------

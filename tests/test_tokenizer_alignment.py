@@ -7,6 +7,7 @@ import torch
 
 from alad.tokenizer_alignment import (
     TokenSpans,
+    is_pair_corpus,
     pair_tokens,
     segment_texts,
     split_to_fit,
@@ -193,3 +194,68 @@ def test_segment_texts_uses_the_tokenizer_count_not_only_characters(bert):
     pieces = segment_texts([text], [(bert.tokenizer, 12)])
     assert all(len(bert.tokenizer(p)["input_ids"]) <= 12 for p in pieces)
     assert len(pieces) >= 2 and " ".join(pieces) == text
+
+
+# --------------------------------------------------------------------------------------------------
+# text pairs (QA: question, context)
+
+PAIRS = [
+    ("Who sat on the mat?", "A cat sat on the mat in the morning."),
+    ("Where is the house?", "The red house stands by the green river."),
+]
+
+
+def test_pairs_share_one_character_space(bert, roberta):
+    student = tokenize_with_spans(bert.tokenizer, PAIRS)
+    teacher = tokenize_with_spans(roberta.tokenizer, PAIRS)
+    for (first, second), s, t in zip(PAIRS, student, teacher, strict=True):
+        # the ids are those of the tokenizer's own pair encoding, separators included
+        assert s.input_ids == bert.tokenizer(first, second)["input_ids"]
+        assert t.input_ids == roberta.tokenizer(first, second)["input_ids"]
+        joint = first + "\n" + second
+        seq_ids = bert.tokenizer(first, second).sequence_ids()
+        for (start, end), sid, special in zip(s.offsets.tolist(), seq_ids, s.special.tolist(), strict=True):
+            if special:
+                continue
+            piece = joint[start:end]
+            assert piece.lower().replace(" ", "") in (first if sid == 0 else second).lower()
+            assert (end <= len(first)) == (sid == 0)  # second-sequence tokens sit after the gap
+        # BERT reads segment ids: 0 for the question and its separators, 1 for the context
+        assert s.token_type_ids == bert.tokenizer(first, second)["token_type_ids"]
+        assert 1 in s.token_type_ids and s.token_type_ids[0] == 0
+        assert t.token_type_ids is None  # the RoBERTa-style tokenizer has no segment ids
+        pooling, mask = pair_tokens(s, t)
+        assert torch.equal(mask, s.pairable)
+        # no student token is paired with a teacher token of the other sequence
+        s_first = (s.offsets[:, 1] <= len(first)).float()
+        t_first = (t.offsets[:, 1] <= len(first)).float()
+        assert torch.equal(((pooling > 0).float() @ (1 - t_first)) * s_first, torch.zeros(len(s_first)))
+        assert torch.equal(((pooling > 0).float() @ t_first) * (1 - s_first), torch.zeros(len(s_first)))
+
+
+def test_segment_texts_splits_a_pair_in_its_second_text(bert, roberta, sentences):
+    question, context = "Who sat on the mat?", " ".join(sentences[:20])
+    limits = [(bert.tokenizer, bert.max_length), (roberta.tokenizer, roberta.max_length)]
+    segments = segment_texts([(question, context), (" a question ", " short ")], limits)
+    assert segments[-1] == ("a question", "short")
+    pieces = segments[:-1]
+    assert len(pieces) >= 4 and all(first == question for first, _ in pieces)
+    for first, piece in pieces:
+        assert len(bert.tokenizer(first, piece)["input_ids"]) <= bert.max_length
+        assert len(roberta.tokenizer(first, piece)["input_ids"]) <= roberta.max_length
+    _check_pieces_cover(context, [piece for _, piece in pieces])
+    assert segment_texts([("", "context"), ("question", "  ")], limits) == []
+
+
+def test_pair_with_an_over_long_first_text_is_refused(bert):
+    question = " ".join(["cat"] * 70)
+    with pytest.raises(ValueError, match="first text of a pair is too long .* even alone"):
+        segment_texts([(question, "a dog sat on the mat")], [(bert.tokenizer, bert.max_length)])
+
+
+def test_mixed_or_malformed_pairs_are_refused(bert):
+    assert is_pair_corpus(PAIRS) and not is_pair_corpus(["a cat"]) and not is_pair_corpus([])
+    with pytest.raises(ValueError, match="mix plain strings and .* pairs"):
+        tokenize_with_spans(bert.tokenizer, ["a cat", ("a", "dog")])
+    with pytest.raises(ValueError, match="tuple of two strings"):
+        tokenize_with_spans(bert.tokenizer, [("a", "dog", "cat")])

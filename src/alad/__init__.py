@@ -48,7 +48,14 @@ from alad.serialization import FORMAT_VERSION, ArtefactError
 from alad.task_data import DataSource
 from alad.task_models import MODES, AladTaskModel, TaskModelConfig, build_task_model
 from alad.tasks import prepare_token_features
-from alad.tokenizer_alignment import TokenSpans, pair_tokens, segment_texts, teacher_targets, tokenize_with_spans
+from alad.tokenizer_alignment import (
+    TextPair,
+    TokenSpans,
+    pair_tokens,
+    segment_texts,
+    teacher_targets,
+    tokenize_with_spans,
+)
 
 __version__ = "0.1.0"
 
@@ -71,6 +78,7 @@ __all__ = [
     "TaggedSentence",
     "TaskModelConfig",
     "TokenEmbeddings",
+    "TextPair",
     "TokenSpans",
     "align",
     "alignment_cosine",

@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from alad.adapter import AdapterConfig, AlignmentAdapter
-from alad.cache import EmbeddingCache, TokenEmbeddings, encode_spans
+from alad.cache import EmbeddingCache, TokenEmbeddings, corpus_hash, encode_spans
 from alad.models import MINILM, MPNET, Encoder, load_encoder
 from alad.serialization import (
     ArtefactError,
@@ -36,7 +36,7 @@ from alad.serialization import (
     write_json_atomic,
     write_text_atomic,
 )
-from alad.tokenizer_alignment import segment_texts, teacher_targets
+from alad.tokenizer_alignment import AlignText, segment_texts, teacher_targets
 from alad.training_loop import ResumableLoop, optimizer_step
 
 logger = logging.getLogger(__name__)
@@ -319,7 +319,7 @@ def align(
     out_dir: str | os.PathLike,
     config: AlignConfig | None = None,
     *,
-    texts: Sequence[str] | None = None,
+    texts: Sequence[AlignText] | None = None,
     student: Encoder | None = None,
     teacher: Encoder | None = None,
     show_progress: bool = True,
@@ -329,18 +329,22 @@ def align(
     """Train alignment adapters for every window size and save the best of each to ``out_dir/w<K>``.
 
     ``texts``, ``student`` and ``teacher`` override what the config names (already-loaded models,
-    e.g. compressed in memory). ``stop_after_steps`` ends the run early as an interruption would,
-    leaving a checkpoint to resume from. Returns the run summary (also in ``summary.json``).
+    e.g. compressed in memory); ``texts`` may be (first, second) pairs, aligned as pair inputs.
+    ``stop_after_steps`` ends the run early as an interruption would, leaving a checkpoint to
+    resume from. Returns the run summary (also in ``summary.json``).
     """
     config = dataclasses.replace(config or AlignConfig(), **overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _check_same_run(out, config)
+    given = list(texts)[: config.max_texts] if texts is not None else None
+    # Texts read from the config's corpus are named by the config; texts given here must match too.
+    _check_same_run(out, config, corpus_hash(given) if given is not None else None)
     if (out / SUMMARY_JSON).is_file() and not (out / CHECKPOINT_DIR).exists():
         logger.info("%s already holds a finished run; returning its summary", out)
         return read_json(out / SUMMARY_JSON, "run summary")
 
-    texts = list(texts)[: config.max_texts] if texts is not None else load_texts(config)
+    texts = given if given is not None else load_texts(config)
+    texts_sha256 = corpus_hash(texts)
     student = student or load_encoder(config.student)
     teacher = teacher or load_encoder(config.teacher)
     segments = segment_texts(texts, [(student.tokenizer, student.max_length), (teacher.tokenizer, teacher.max_length)])
@@ -401,7 +405,10 @@ def align(
     else:
         extra["initial"] = {w: evaluate_adapter(t.adapter, val) for w, t in trainers.items()}
         torch.manual_seed(config.seed)
-    write_json_atomic(out / RUN_CONFIG, {"kind": "alignment_run", "config": config_to_dict(config)})
+    write_json_atomic(
+        out / RUN_CONFIG,
+        {"kind": "alignment_run", "config": config_to_dict(config), "texts_sha256": texts_sha256},
+    )
 
     def train_step(batch: list[int]) -> dict[str, float]:
         x, attention, y, counted = train.collate(batch)
@@ -447,10 +454,15 @@ def align(
     return summary
 
 
-def _check_same_run(out: Path, config: AlignConfig) -> None:
+def _check_same_run(out: Path, config: AlignConfig, texts_sha256: str | None) -> None:
     if not (out / RUN_CONFIG).is_file():
         return
     saved = read_json(out / RUN_CONFIG, "run config")
+    if texts_sha256 is not None and saved.get("texts_sha256", texts_sha256) != texts_sha256:
+        raise ValueError(
+            f"{out} holds a run on other texts (same settings, different corpus); use another --out, "
+            "or delete the folder to start over"
+        )
     previous = config_from_dict(AlignConfig, saved.get("config", {}), str(out / RUN_CONFIG))
     if previous != config:
         changed = [

@@ -33,7 +33,7 @@ from alad.serialization import (
     save_tensors_atomic,
     write_json_atomic,
 )
-from alad.tokenizer_alignment import TokenSpans, tokenize_with_spans
+from alad.tokenizer_alignment import AlignText, TokenSpans, is_pair_corpus, tokenize_with_spans
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ MANIFEST = "manifest.json"
 class TokenEmbeddings:
     """Token states of one model for a list of texts, with the spans needed to pair them."""
 
-    texts: list[str]
+    texts: list[AlignText]
     spans: list[TokenSpans]
     states: list[torch.Tensor]  # per text [T, d], float16
     key: dict
@@ -67,17 +67,23 @@ def display_name(name: str) -> str:
     return path.name
 
 
-def corpus_hash(texts: Sequence[str]) -> str:
+def corpus_hash(texts: Sequence[AlignText]) -> str:
     digest = hashlib.sha256()
     for text in texts:
-        digest.update(text.encode("utf-8"))
+        if isinstance(text, tuple):  # a pair hashes apart from the string of its two texts joined
+            digest.update(b"\x01")
+            for part in text:
+                digest.update(part.encode("utf-8"))
+                digest.update(b"\x01")
+        else:
+            digest.update(text.encode("utf-8"))
         digest.update(b"\x00")
     return digest.hexdigest()
 
 
-def cache_key(encoder: Encoder, texts: Sequence[str], layer: int) -> dict:
+def cache_key(encoder: Encoder, texts: Sequence[AlignText], layer: int) -> dict:
     """Everything that determines the cached states; two runs share a cache only if all match."""
-    return {
+    key = {
         "format_version": FORMAT_VERSION,
         "model_name": encoder.name,
         "model_fingerprint": model_fingerprint(encoder.model),
@@ -89,6 +95,9 @@ def cache_key(encoder: Encoder, texts: Sequence[str], layer: int) -> dict:
         "num_texts": len(texts),
         "corpus_sha256": corpus_hash(texts),
     }
+    if is_pair_corpus(texts):
+        key["text_pairs"] = True
+    return key
 
 
 def _key_directory(root: Path, key: dict) -> Path:
@@ -141,10 +150,18 @@ def encode_spans(
         width = max(lengths[i] for i in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
+        inputs = {}
+        if any(spans[index].token_type_ids is not None for index in batch):
+            inputs["token_type_ids"] = torch.zeros((len(batch), width), dtype=torch.long)
         for row, index in enumerate(batch):
             ids[row, : lengths[index]] = torch.tensor(spans[index].input_ids)
             mask[row, : lengths[index]] = 1
-        result = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=layer != -1)
+            if "token_type_ids" in inputs and spans[index].token_type_ids is not None:
+                inputs["token_type_ids"][row, : lengths[index]] = torch.tensor(spans[index].token_type_ids)
+        inputs = {name: value.to(device) for name, value in inputs.items()}
+        result = model(
+            input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=layer != -1, **inputs
+        )
         hidden = result.last_hidden_state if layer == -1 else result.hidden_states[layer]
         hidden = hidden.to("cpu", torch.float16)
         for row, index in enumerate(batch):
@@ -165,7 +182,7 @@ class EmbeddingCache:
         self.max_tokens = max_tokens
 
     def embed(
-        self, encoder: Encoder, texts: Sequence[str], layer: int = -1, show_progress: bool = True
+        self, encoder: Encoder, texts: Sequence[AlignText], layer: int = -1, show_progress: bool = True
     ) -> TokenEmbeddings:
         """Return the encoder's token states for ``texts``, computing only what is not cached yet."""
         texts = list(texts)

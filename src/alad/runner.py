@@ -133,16 +133,15 @@ def _teacher_run(config: dict, pair: dict, teachers_dir: Path, show_progress: bo
     return run, finetune(run, ft, show_progress=show_progress)
 
 
-def _texts_of(items: list) -> list[str]:
+def _texts_of(items: list) -> list:
+    """The task's own inputs as alignment texts: sentences, or (question, context) pairs for QA.
+
+    QA pairs are aligned as the QA model encodes them, question and context in one input: a
+    context encoded alone lacks the question-conditioned states the teacher's span head reads.
+    """
     if items and isinstance(items[0], TaggedSentence):
         return [" ".join(s.tokens) for s in items]
-    seen, texts = set(), []
-    for ex in items:
-        for text in (ex.question, ex.context):
-            if text not in seen:
-                seen.add(text)
-                texts.append(text)
-    return texts
+    return [(ex.question, ex.context) for ex in items]
 
 
 def _row(name: str, kind: str, result: dict, task: str, model_dir: Path, latency_seq_len: int, **extra) -> dict:

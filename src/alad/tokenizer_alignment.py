@@ -14,6 +14,12 @@ from the loss through the returned mask: nothing is paired by position as a fall
 
 Texts longer than either model accepts are split at whitespace into pieces both accept (never
 truncated), so both models always see the same characters.
+
+A text may also be a pair ``(first, second)`` (question and context in QA), encoded the way a
+pair-input task model sees it: both sequences in one input, with the tokenizer's own separators
+and segment ids. Offsets of the second sequence are shifted by ``len(first) + 1``, so both
+models' tokens live in one character space and a token of one sequence never overlaps a token of
+the other. A pair too long for a model is split in its second text, each piece keeping the first.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+TextPair = tuple[str, str]
+AlignText = str | TextPair
+
 
 @dataclass
 class TokenSpans:
@@ -32,16 +41,30 @@ class TokenSpans:
     input_ids: list[int]
     offsets: torch.Tensor  # [T, 2] int64, character start/end
     special: torch.Tensor  # [T] bool
+    token_type_ids: list[int] | None = None  # segment ids of a text pair, where the model uses them
 
     @property
     def pairable(self) -> torch.Tensor:
         return ~self.special & (self.offsets[:, 1] > self.offsets[:, 0])
 
 
-def tokenize_with_spans(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[TokenSpans]:
+def is_pair_corpus(texts: Sequence[AlignText]) -> bool:
+    """True for a list of (first, second) pairs, False for plain strings; a mixture is refused."""
+    kinds = {isinstance(t, tuple) for t in texts}
+    if len(kinds) > 1:
+        raise ValueError("the texts mix plain strings and (first, second) pairs; give one kind only")
+    if kinds == {True} and any(len(t) != 2 or not all(isinstance(x, str) for x in t) for t in texts):
+        raise ValueError("a text pair must be a tuple of two strings, e.g. (question, context)")
+    return kinds == {True}
+
+
+def tokenize_with_spans(tokenizer: PreTrainedTokenizerBase, texts: Sequence[AlignText]) -> list[TokenSpans]:
     """Tokenise with special tokens and character offsets, without truncation."""
+    texts = list(texts)
+    pairs = is_pair_corpus(texts)
+    arguments = ([t[0] for t in texts], [t[1] for t in texts]) if pairs else (texts,)
     encoded = tokenizer(
-        list(texts),
+        *arguments,
         add_special_tokens=True,
         truncation=False,
         return_offsets_mapping=True,
@@ -50,14 +73,22 @@ def tokenize_with_spans(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]
         verbose=False,
     )
     spans = []
-    for ids, offsets, special in zip(
-        encoded["input_ids"], encoded["offset_mapping"], encoded["special_tokens_mask"], strict=True
+    for index, (ids, offsets, special) in enumerate(
+        zip(encoded["input_ids"], encoded["offset_mapping"], encoded["special_tokens_mask"], strict=True)
     ):
+        offsets = torch.tensor(offsets, dtype=torch.long).reshape(-1, 2)
+        token_types = None
+        if pairs:
+            second = torch.tensor([sid == 1 for sid in encoded.sequence_ids(index)], dtype=torch.bool)
+            offsets[second] += len(texts[index][0]) + 1
+            if "token_type_ids" in encoded:
+                token_types = list(encoded["token_type_ids"][index])
         spans.append(
             TokenSpans(
                 input_ids=list(ids),
-                offsets=torch.tensor(offsets, dtype=torch.long).reshape(-1, 2),
+                offsets=offsets,
                 special=torch.tensor(special, dtype=torch.bool),
+                token_type_ids=token_types,
             )
         )
     return spans
@@ -109,24 +140,41 @@ def _whitespace_near(text: str, middle: int) -> int:
     return -1
 
 
-def segment_texts(texts: Sequence[str], tokenizers: Sequence[tuple[PreTrainedTokenizerBase, int]]) -> list[str]:
-    """Split every text that is longer than any (tokenizer, max_tokens) pair accepts; drop blanks."""
+def segment_texts(
+    texts: Sequence[AlignText], tokenizers: Sequence[tuple[PreTrainedTokenizerBase, int]]
+) -> list[AlignText]:
+    """Split every text that is longer than any (tokenizer, max_tokens) pair accepts; drop blanks.
 
-    def fits(piece: str) -> bool:
+    A pair keeps its first text whole and is split in its second one.
+    """
+    pairs = is_pair_corpus(texts)
+    limit = min(limit for _, limit in tokenizers)
+
+    def fits(first: str | None, piece: str) -> bool:
+        arguments = (piece,) if first is None else (first, piece)
         return all(
-            len(tok(piece, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]) <= limit
-            for tok, limit in tokenizers
+            len(tok(*arguments, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]) <= max_tokens
+            for tok, max_tokens in tokenizers
         )
 
-    segments: list[str] = []
+    segments: list[AlignText] = []
     for text in texts:
-        text = text.strip()
-        if not text:
+        first, second = (text[0].strip(), text[1].strip()) if pairs else (None, text.strip())
+        if not second or (pairs and not first):
             continue
         # Cheap bound first: every token covers at least one byte, except a word-start marker a
         # SentencePiece model may emit per word, and a few special tokens.
-        if len(text.encode()) + len(text.split()) + 8 <= min(limit for _, limit in tokenizers):
-            segments.append(text)
+        size = len(second.encode()) + len(second.split())
+        if first is not None:
+            size += len(first.encode()) + len(first.split()) + 4
+        if size + 8 <= limit:
+            pieces = [second]
         else:
-            segments.extend(split_to_fit(text, fits))
+            if first is not None and not fits(first, "."):
+                raise ValueError(
+                    f"the first text of a pair is too long for the models ({limit} tokens) even alone: "
+                    f"{first[:80]!r}...; shorten it"
+                )
+            pieces = split_to_fit(second, lambda piece, first=first: fits(first, piece))
+        segments.extend(pieces if first is None else [(first, piece) for piece in pieces])
     return segments
