@@ -277,6 +277,15 @@ def test_align_on_text_pairs(run_settings, tmp_path):
         align(tmp_path / "pairs", **{**run_settings, "texts": [a + " " + b for a, b in pairs], "windows": (3,)})
 
 
+def test_align_special_tokens_adds_them_to_the_loss(finished_run, run_settings, tmp_path):
+    _, plain = finished_run
+    summary = align(tmp_path / "specials", **{**run_settings, "align_special_tokens": True})
+    # each text adds its [CLS] and [SEP] to the tokens the loss counts, nothing else changes
+    assert summary["val_tokens"] == plain["val_tokens"] + 2 * plain["num_val"]
+    assert summary["train_tokens"] == plain["train_tokens"] + 2 * plain["num_train"]
+    assert summary["unpaired_student_tokens"] == 0 < plain["unpaired_student_tokens"]
+
+
 @pytest.mark.parametrize("stops", [(3, 13), (8,)], ids=["mid-epochs", "epoch-boundary"])
 def test_interrupted_run_resumes_to_identical_adapters(finished_run, run_settings, tmp_path, stops):
     # 32 training texts at 64 padded tokens per batch: 8 steps per epoch, 16 in all

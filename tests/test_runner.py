@@ -227,7 +227,7 @@ def test_qa_recipe_aligns_on_question_context_pairs(bert_dir, sentences, tmp_pat
         "doc_stride": 32,
         "epochs": 1,
         "stage1": {"epochs": 1, "max_texts": 20, "hidden_size": 16},
-        "stage2": {"epochs": 1},
+        "stage2": {"epochs": 1, "align_special_tokens": True},
         "cosine_texts": 4,
         "teachers_dir": str(tmp_path / "teachers"),
         "profiles": {"quick": {}},
@@ -252,8 +252,9 @@ def test_qa_recipe_aligns_on_question_context_pairs(bert_dir, sentences, tmp_pat
     train = load_splits(FinetuneConfig(task="qa", data=f"squad:{data}", eval_split="dev", max_train=None)).train
     saved = json.loads((tmp_path / "run" / "tiny" / "stage2" / "run_config.json").read_text())
     assert saved["texts_sha256"] == corpus_hash([(ex.question, ex.context) for ex in train])
+    assert saved["config"]["align_special_tokens"] is True
     summary = json.loads((tmp_path / "run" / "tiny" / "stage2" / "summary.json").read_text())
-    assert summary["num_texts"] == len(train) == 10
+    assert summary["num_texts"] == len(train) == 10 and summary["unpaired_student_tokens"] == 0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -259,3 +259,29 @@ def test_mixed_or_malformed_pairs_are_refused(bert):
         tokenize_with_spans(bert.tokenizer, ["a cat", ("a", "dog")])
     with pytest.raises(ValueError, match="tuple of two strings"):
         tokenize_with_spans(bert.tokenizer, [("a", "dog", "cat")])
+
+
+def test_special_tokens_pair_by_role_only_when_asked(bert, roberta):
+    for texts in (["a cat sat"], PAIRS[:1]):
+        [s] = tokenize_with_spans(bert.tokenizer, texts)
+        [t] = tokenize_with_spans(roberta.tokenizer, texts)
+        s_ids = bert.tokenizer.convert_ids_to_tokens(s.input_ids)
+        t_ids = roberta.tokenizer.convert_ids_to_tokens(t.input_ids)
+        roles_s, roles_t = s.special_roles.tolist(), t.special_roles.tolist()
+        # role 0 = the opening special, 1 = separators between the two texts, 2 = the closing special
+        assert [(tok, r) for tok, r in zip(s_ids, roles_s, strict=True) if r >= 0] == (
+            [("[CLS]", 0), ("[SEP]", 2)] if isinstance(texts[0], str) else [("[CLS]", 0), ("[SEP]", 1), ("[SEP]", 2)]
+        )
+        assert [(tok, r) for tok, r in zip(t_ids, roles_t, strict=True) if r >= 0] == (
+            [("<s>", 0), ("</s>", 2)]
+            if isinstance(texts[0], str)
+            else [("<s>", 0), ("</s>", 1), ("</s>", 1), ("</s>", 2)]
+        )
+        states = torch.randn(len(t.input_ids), 3)
+        plain, plain_mask = teacher_targets(s, t, states)
+        paired, paired_mask = teacher_targets(s, t, states, specials=True)
+        assert not plain_mask[s.special].any() and paired_mask.all()
+        assert torch.equal(paired[~s.special], plain[~s.special])  # text tokens are paired as before
+        for i in torch.nonzero(s.special).flatten().tolist():
+            same_role = [j for j, r in enumerate(roles_t) if r == roles_s[i]]
+            torch.testing.assert_close(paired[i], states[same_role].mean(dim=0))

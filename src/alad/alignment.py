@@ -72,6 +72,13 @@ class AlignConfig:
     )
     student_layer: int = field(default=-1, metadata={"help": "student hidden layer to read (-1: last)"})
     teacher_layer: int = field(default=-1, metadata={"help": "teacher hidden layer to predict (-1: last)"})
+    align_special_tokens: bool = field(
+        default=False,
+        metadata={
+            "help": "also align special tokens ([CLS], [SEP], <s>, </s>) by role: before, between and after the "
+            "texts; for heads that read them, e.g. QA's null answer at the first token"
+        },
+    )
     loss: str = field(default="mse", metadata={"help": "mse or cosine"})
     epochs: int = field(default=10, metadata={"help": "passes over the training split"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate"})
@@ -112,12 +119,14 @@ class AlignmentData:
         return len(self.student)
 
     @classmethod
-    def from_embeddings(cls, student: TokenEmbeddings, teacher: TokenEmbeddings) -> AlignmentData:
+    def from_embeddings(
+        cls, student: TokenEmbeddings, teacher: TokenEmbeddings, specials: bool = False
+    ) -> AlignmentData:
         if student.texts != teacher.texts:
             raise ValueError("student and teacher embeddings were computed on different texts")
         targets, masks = [], []
         for s_spans, t_spans, t_states in zip(student.spans, teacher.spans, teacher.states, strict=True):
-            target, mask = teacher_targets(s_spans, t_spans, t_states)
+            target, mask = teacher_targets(s_spans, t_spans, t_states, specials)
             targets.append(target.to(torch.float16))
             masks.append(mask)
         return cls(student=list(student.states), targets=targets, loss_mask=masks)
@@ -356,7 +365,7 @@ def align(
     cache = EmbeddingCache(config.cache_dir and Path(config.cache_dir))
     teacher_emb = cache.embed(teacher, segments, config.teacher_layer, show_progress)
     student_emb = cache.embed(student, segments, config.student_layer, show_progress)
-    data = AlignmentData.from_embeddings(student_emb, teacher_emb)
+    data = AlignmentData.from_embeddings(student_emb, teacher_emb, config.align_special_tokens)
 
     order = list(range(len(data)))
     random.Random(config.seed).shuffle(order)

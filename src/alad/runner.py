@@ -381,7 +381,8 @@ def format_results(results: dict) -> str:
     baseline = next((r.get("no_answer_baseline") for r in results["rows"] if r.get("no_answer_baseline")), None)
     if baseline:
         lines.append(
-            f"Always-no-answer baseline on this evaluation set: EM {baseline['exact']:.2f}, F1 {baseline['f1']:.2f}."
+            f"Always-no-answer baseline on this evaluation set: EM {baseline['exact']:.2f}, F1 {baseline['f1']:.2f}. "
+            "F1 near it means a model that mostly answers 'no answer'; HasAns_f1 shows whether it finds spans."
         )
     for pair in results["pairs"]:
         lines += ["", f"## {pair['name']}: {pair['student']} -> {pair['teacher']}", ""]

@@ -8,9 +8,14 @@ compared. Pairing goes through character offsets into the original text:
     of every teacher token whose span overlaps [s, e) (shares at least one character).
 
 A teacher token wider than a student token (``playing`` vs ``play ##ing``) is thus the target of
-each student piece; several narrower teacher pieces are averaged. Special tokens ([CLS], <s>,
-...), tokens with an empty span and student tokens that no teacher token overlaps are excluded
-from the loss through the returned mask: nothing is paired by position as a fallback.
+each student piece; several narrower teacher pieces are averaged. Tokens with an empty span and
+student tokens that no teacher token overlaps are excluded from the loss through the returned
+mask: nothing is paired by position as a fallback.
+
+Special tokens ([CLS], [SEP], <s>, </s>) cover no characters. By default they are excluded too;
+with ``specials=True`` they are paired by role instead: those before the text, those between the
+two texts of a pair, and those after it (``[CLS]`` with ``<s>``, ``[SEP]`` with the mean of
+``</s></s>``). A head that reads a special token (QA's null answer at the first token) needs it.
 
 Texts longer than either model accepts are split at whitespace into pieces both accept (never
 truncated), so both models always see the same characters.
@@ -46,6 +51,15 @@ class TokenSpans:
     @property
     def pairable(self) -> torch.Tensor:
         return ~self.special & (self.offsets[:, 1] > self.offsets[:, 0])
+
+    @property
+    def special_roles(self) -> torch.Tensor:
+        """[T] int: 0 for a special token before any text, 2 after all text, 1 between; -1 for text tokens."""
+        text = (~self.special).long()
+        before = torch.cumsum(text, 0) - text
+        after = text.sum() - torch.cumsum(text, 0)
+        roles = torch.where(before == 0, 0, torch.where(after == 0, 2, 1))
+        return torch.where(self.special, roles, -1)
 
 
 def is_pair_corpus(texts: Sequence[AlignText]) -> bool:
@@ -94,19 +108,25 @@ def tokenize_with_spans(tokenizer: PreTrainedTokenizerBase, texts: Sequence[Alig
     return spans
 
 
-def pair_tokens(student: TokenSpans, teacher: TokenSpans) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return the pooling matrix [T_s, T_t] (rows sum to 1 or 0) and the student loss mask [T_s]."""
+def pair_tokens(student: TokenSpans, teacher: TokenSpans, specials: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the pooling matrix [T_s, T_t] (rows sum to 1 or 0) and the student loss mask [T_s].
+
+    ``specials`` also pairs special tokens by role (before, between, after the texts).
+    """
     s_start, s_end = student.offsets[:, 0:1], student.offsets[:, 1:2]
     t_start, t_end = teacher.offsets[:, 0].unsqueeze(0), teacher.offsets[:, 1].unsqueeze(0)
     overlap = (s_start < t_end) & (t_start < s_end)
     overlap &= student.pairable.unsqueeze(1) & teacher.pairable.unsqueeze(0)
+    if specials:
+        s_role, t_role = student.special_roles.unsqueeze(1), teacher.special_roles.unsqueeze(0)
+        overlap |= (s_role >= 0) & (s_role == t_role)
     counts = overlap.sum(dim=1, keepdim=True)
     pooling = overlap.float() / counts.clamp(min=1).float()
     return pooling, counts.squeeze(1) > 0
 
 
 def teacher_targets(
-    student: TokenSpans, teacher: TokenSpans, teacher_states: torch.Tensor
+    student: TokenSpans, teacher: TokenSpans, teacher_states: torch.Tensor, specials: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher states re-expressed on the student's tokens, and which student tokens have one."""
     if teacher_states.shape[0] != len(teacher.input_ids):
@@ -114,7 +134,7 @@ def teacher_targets(
             f"teacher states have {teacher_states.shape[0]} rows but the teacher tokenisation has "
             f"{len(teacher.input_ids)} tokens: states and spans come from different texts or settings"
         )
-    pooling, mask = pair_tokens(student, teacher)
+    pooling, mask = pair_tokens(student, teacher, specials)
     return pooling @ teacher_states.float(), mask
 
 
