@@ -277,6 +277,19 @@ def test_align_on_text_pairs(run_settings, tmp_path):
         align(tmp_path / "pairs", **{**run_settings, "texts": [a + " " + b for a, b in pairs], "windows": (3,)})
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
+def test_cuda_alignment_matches_cpu(finished_run, run_settings, bert_dir, roberta_dir, tmp_path):
+    _, reference = finished_run
+    settings = {k: v for k, v in run_settings.items() if k not in ("student", "teacher")}
+    config = AlignConfig(student=str(bert_dir), teacher=str(roberta_dir))
+    summary = align(tmp_path / "cuda", config, device="cuda", **settings)
+    for window in ("1", "3"):
+        assert summary["windows"][window]["val_cosine"] == pytest.approx(
+            reference["windows"][window]["val_cosine"], abs=0.02
+        )
+    assert _load(tmp_path / "cuda", 1).config.student_dim == 32
+
+
 def test_align_special_tokens_adds_them_to_the_loss(finished_run, run_settings, tmp_path):
     _, plain = finished_run
     summary = align(tmp_path / "specials", **{**run_settings, "align_special_tokens": True})

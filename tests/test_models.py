@@ -16,6 +16,7 @@ from alad.models import (
     load_encoder,
     max_input_tokens,
     model_fingerprint,
+    resolve_device,
     resolve_model,
     tokenizer_fingerprint,
 )
@@ -163,3 +164,16 @@ def test_embedded_minilm_resolves_to_packaged_folder(tmp_path, monkeypatch):
     assert (folder / "tokenizer.json").is_file()
     assert resolve_model("sentence-transformers/all-MiniLM-L6-v2") == str(folder)
     assert resolve_model("ALL-minilm-l6-v2") == str(folder)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == resolve_device(None) == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="unknown device 'gpu': use cpu, cuda, cuda:N or auto"):
+        resolve_device("gpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_cuda_without_a_gpu_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match="sees no CUDA GPU; use --device cpu, or auto"):
+        resolve_device("cuda")

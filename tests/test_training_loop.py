@@ -1,6 +1,6 @@
 import torch
 
-from alad.training_loop import ResumableLoop, optimizer_step
+from alad.training_loop import ResumableLoop, optimizer_step, rng_state, set_rng_state
 
 
 def batches_for_epoch(epoch: int) -> list[str]:
@@ -47,3 +47,13 @@ def test_optimizer_step_clips_the_global_gradient_norm():
     optimizer_step((weight * 100.0).sum(), optimizer, scheduler, [weight], grad_clip=1.0)
     assert torch.allclose(weight.detach(), torch.full((4,), 0.5))  # gradient 100 per entry, clipped to norm 1
     assert scheduler.last_epoch == 1
+
+
+def test_rng_state_round_trip_and_old_checkpoints():
+    torch.manual_seed(3)
+    state = rng_state()
+    first = torch.rand(3)
+    set_rng_state(state)
+    assert torch.equal(torch.rand(3), first)
+    set_rng_state(state["cpu"])  # checkpoints written before CUDA support hold the bare CPU state
+    assert torch.equal(torch.rand(3), first)

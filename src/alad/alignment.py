@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from alad.adapter import AdapterConfig, AlignmentAdapter
 from alad.cache import EmbeddingCache, TokenEmbeddings, corpus_hash, encode_spans
-from alad.models import MINILM, MPNET, Encoder, load_encoder
+from alad.models import MINILM, MPNET, Encoder, load_encoder, resolve_device
 from alad.serialization import (
     ArtefactError,
     atomic_write,
@@ -37,7 +37,7 @@ from alad.serialization import (
     write_text_atomic,
 )
 from alad.tokenizer_alignment import AlignText, segment_texts, teacher_targets
-from alad.training_loop import ResumableLoop, optimizer_step
+from alad.training_loop import ResumableLoop, optimizer_step, rng_state, set_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -188,9 +188,10 @@ def evaluate_adapter(adapter: AlignmentAdapter, data: AlignmentData, batch_token
     """Validation MSE and mean cosine similarity over counted tokens."""
     was_training = adapter.training
     adapter.eval()
+    device = next(adapter.parameters()).device
     sq, cos, count = 0.0, 0.0, 0
     for batch in token_batches([t.shape[0] for t in data.student], batch_tokens, seed=0):
-        x, attention, y, counted = data.collate(batch)
+        x, attention, y, counted = (t.to(device) for t in data.collate(batch))
         pred = adapter(x, attention)
         sq += (pred - y).pow(2).mean(dim=-1)[counted].sum().item()
         cos += F.cosine_similarity(pred, y, dim=-1, eps=1e-6)[counted].sum().item()
@@ -294,7 +295,7 @@ def _save_checkpoint(out: Path, trainers: dict[int, _Trainer], epoch: int, batch
             "epoch": epoch,
             "batch": batch,
             "step": step,
-            "rng": torch.get_rng_state(),
+            "rng": rng_state(),
             "extra": extra,
             "trainers": {
                 w: {
@@ -333,6 +334,7 @@ def align(
     teacher: Encoder | None = None,
     show_progress: bool = True,
     stop_after_steps: int | None = None,
+    device: str | torch.device = "cpu",
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train alignment adapters for every window size and save the best of each to ``out_dir/w<K>``.
@@ -340,9 +342,12 @@ def align(
     ``texts``, ``student`` and ``teacher`` override what the config names (already-loaded models,
     e.g. compressed in memory); ``texts`` may be (first, second) pairs, aligned as pair inputs.
     ``stop_after_steps`` ends the run early as an interruption would, leaving a checkpoint to
-    resume from. Returns the run summary (also in ``summary.json``).
+    resume from. ``device`` runs the models and adapters there (``cuda``, ``auto``); it is not part of
+    the run's settings, so a run may resume on another device. Returns the run summary (also in
+    ``summary.json``).
     """
     config = dataclasses.replace(config or AlignConfig(), **overrides)
+    device = resolve_device(device)  # a wrong device fails before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     given = list(texts)[: config.max_texts] if texts is not None else None
@@ -354,8 +359,8 @@ def align(
 
     texts = given if given is not None else load_texts(config)
     texts_sha256 = corpus_hash(texts)
-    student = student or load_encoder(config.student)
-    teacher = teacher or load_encoder(config.teacher)
+    student = student or load_encoder(config.student, device)
+    teacher = teacher or load_encoder(config.teacher, device)
     segments = segment_texts(texts, [(student.tokenizer, student.max_length), (teacher.tokenizer, teacher.max_length)])
     if len(segments) < 2:
         raise ValueError(f"the corpus has {len(segments)} non-empty texts; alignment needs at least 2")
@@ -378,6 +383,7 @@ def align(
     adapters = _init_adapters(config, student_emb.hidden_size, teacher_emb.hidden_size)
     trainers = {}
     for window, adapter in adapters.items():
+        adapter.to(device)
         optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(total_steps, config.warmup_ratio))
         trainers[window] = _Trainer(adapter, optimizer, scheduler)
@@ -409,7 +415,7 @@ def align(
             t.best, t.history = saved["best"], saved["history"]
         start_epoch, start_batch, step = checkpoint["epoch"], checkpoint["batch"], checkpoint["step"]
         extra["initial"] = checkpoint["extra"]["initial"]
-        torch.set_rng_state(checkpoint["rng"])
+        set_rng_state(checkpoint["rng"])
         logger.info("resuming %s at epoch %d, batch %d (step %d)", out, start_epoch + 1, start_batch, step)
     else:
         extra["initial"] = {w: evaluate_adapter(t.adapter, val) for w, t in trainers.items()}
@@ -420,7 +426,7 @@ def align(
     )
 
     def train_step(batch: list[int]) -> dict[str, float]:
-        x, attention, y, counted = train.collate(batch)
+        x, attention, y, counted = (t.to(device) for t in train.collate(batch))
         losses = {}
         for window, t in trainers.items():
             t.adapter.train()

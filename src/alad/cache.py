@@ -96,7 +96,7 @@ def cache_key(encoder: Encoder, texts: Sequence[AlignText], layer: int) -> dict:
         "corpus_sha256": corpus_hash(texts),
     }
     if is_pair_corpus(texts):
-        key["text_pairs"] = True
+        key["text_pairs"] = "one input, no segment ids"
     return key
 
 
@@ -150,18 +150,10 @@ def encode_spans(
         width = max(lengths[i] for i in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
-        inputs = {}
-        if any(spans[index].token_type_ids is not None for index in batch):
-            inputs["token_type_ids"] = torch.zeros((len(batch), width), dtype=torch.long)
         for row, index in enumerate(batch):
             ids[row, : lengths[index]] = torch.tensor(spans[index].input_ids)
             mask[row, : lengths[index]] = 1
-            if "token_type_ids" in inputs and spans[index].token_type_ids is not None:
-                inputs["token_type_ids"][row, : lengths[index]] = torch.tensor(spans[index].token_type_ids)
-        inputs = {name: value.to(device) for name, value in inputs.items()}
-        result = model(
-            input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=layer != -1, **inputs
-        )
+        result = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=layer != -1)
         hidden = result.last_hidden_state if layer == -1 else result.hidden_states[layer]
         hidden = hidden.to("cpu", torch.float16)
         for row, index in enumerate(batch):

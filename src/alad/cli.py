@@ -106,7 +106,7 @@ def _cmd_align(args: argparse.Namespace) -> int:
     from alad.alignment import AlignConfig, align, format_summary
 
     config = build_config(AlignConfig, args)
-    summary = align(args.out, config, show_progress=not args.quiet)
+    summary = align(args.out, config, show_progress=not args.quiet, device=args.device)
     print(format_summary(summary))
     print(f"adapters saved under {Path(args.out).resolve()}/w<K>; plot: {Path(args.out) / 'alignment_curves.png'}")
     return 0
@@ -162,7 +162,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     config = build_config(FinetuneConfig, args)
     if args.command == "finetune-teacher":
         config = dataclasses.replace(config, student=args.teacher_model, adapter=None, teacher=None, mode="joint")
-    result = finetune(args.out, config, show_progress=not args.quiet)
+    result = finetune(args.out, config, show_progress=not args.quiet, device=args.device)
     print(format_metrics(result))
     print(f"model saved to {Path(args.out) / 'model'}")
     return 0
@@ -255,7 +255,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = args.out or f"runs/{Path(args.config).stem}-{args.profile}"
     command = f"alad run {args.config} --profile {args.profile}"
     command += (f" --pairs {args.pairs}" if args.pairs else "") + (f" --out {args.out}" if args.out else "")
-    results = run_recipe(config, out, show_progress=not args.quiet, command=command)
+    results = run_recipe(config, out, show_progress=not args.quiet, command=command, device=args.device)
     print(format_results(results))
     print(f"results: {Path(out) / 'results.md'}, {Path(out) / 'results.json'}, plots in {out}")
     return 0
@@ -268,6 +268,15 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     path = drop_layers(args.model, keep, args.out)
     print(f"kept layers {keep} of {args.model}: {path}")
     return 0
+
+
+def _add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where to train: cpu, cuda, cuda:N or auto (a GPU where torch sees one); not part of the run's "
+        "settings, so a run may resume elsewhere (default: cpu)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -287,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_align.add_argument("--config", help="YAML or JSON file of options (overridden by flags)")
     p_align.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_arguments(p_align, AlignConfig)
+    _add_device_argument(p_align)
     p_align.set_defaults(func=_cmd_align)
 
     p_teacher = sub.add_parser("finetune-teacher", help="stage 0: fine-tune the teacher on the task")
@@ -295,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_teacher.add_argument("--config", help="YAML or JSON file of options")
     p_teacher.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_arguments(p_teacher, FinetuneConfig, exclude=("student", "adapter", "teacher", "mode", "head_init"))
+    _add_device_argument(p_teacher)
     p_teacher.set_defaults(func=_cmd_finetune)
 
     p_ft = sub.add_parser("finetune", help="stage 3: fine-tune student (+ adapter) + head in a mode")
@@ -302,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_ft.add_argument("--config", help="YAML or JSON file of options")
     p_ft.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_arguments(p_ft, FinetuneConfig)
+    _add_device_argument(p_ft)
     p_ft.set_defaults(func=_cmd_finetune)
 
     p_eval = sub.add_parser("evaluate", help="metrics, per-type scores, params and latency of a run")
@@ -324,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--out", help="run folder (default: runs/<config>-<profile>)")
     p_run.add_argument("--pairs", help="only these student-teacher pairs of the config, by name (comma-separated)")
     p_run.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_device_argument(p_run)
     p_run.set_defaults(func=_cmd_run)
 
     p_cmp = sub.add_parser("compress", help="drop layers of an encoder into a new, loadable model folder")

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from alad.alignment import warmup_linear_decay
 from alad.metrics import ner_metrics, no_answer_baseline, pos_metrics, squad_v2_metrics
-from alad.models import MINILM
+from alad.models import MINILM, resolve_device
 from alad.serialization import (
     config_from_dict,
     config_to_dict,
@@ -43,7 +43,7 @@ from alad.tasks import (
     label_vocabulary,
     prepare_token_features,
 )
-from alad.training_loop import ResumableLoop, optimizer_step
+from alad.training_loop import ResumableLoop, optimizer_step, rng_state, set_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def train_task_model(
         model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         loop.resume_at(state["epoch"], state["batch"], state["step"])
         losses = state["losses"]
         logger.info("resuming fine-tuning at epoch %d, batch %d", loop.start_epoch + 1, loop.start_batch)
@@ -262,7 +262,7 @@ def train_task_model(
                 "model": {k: v for k, v in model.state_dict().items() if k in trainable},
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state(),
+                "rng": rng_state(),
                 "epoch": epoch,
                 "batch": batch,
                 "step": step,
@@ -270,8 +270,11 @@ def train_task_model(
             },
         )
 
+    device = next(model.parameters()).device
+
     def train_step(batch_indices: list[int]) -> dict[str, str]:
-        loss = task_loss(model, _collate(model, [features[i] for i in batch_indices]))
+        batch = _collate(model, [features[i] for i in batch_indices])
+        loss = task_loss(model, {name: value.to(device) for name, value in batch.items()})
         optimizer_step(loss, optimizer, scheduler, [p for p in model.parameters() if p.requires_grad], config.grad_clip)
         losses.append(round(loss.item(), 5))
         return {"loss": f"{sum(losses[-20:]) / len(losses[-20:]):.4f}"}
@@ -290,10 +293,11 @@ def _logits(model: AladTaskModel, features: Sequence, batch_size: int = 32, show
     out: list = [None] * len(features)
     lengths = [len(f.input_ids) for f in features]
     order = sorted(range(len(features)), key=lambda i: lengths[i])
+    device = next(model.parameters()).device
     for start in tqdm(range(0, len(order), batch_size), disable=not show_progress, desc="predicting"):
         indices = order[start : start + batch_size]
         batch = _collate(model, [features[i] for i in indices])
-        logits = model(batch["input_ids"], batch["attention_mask"])
+        logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu()
         for row, i in enumerate(indices):
             out[i] = logits[row, : lengths[i]]
     return out
@@ -389,13 +393,16 @@ def finetune(
     splits: TaskSplits | None = None,
     show_progress: bool = True,
     stop_after_steps: int | None = None,
+    device: str | torch.device = "cpu",
     **overrides: Any,
 ) -> dict[str, Any]:
     """Build, train (per mode) and evaluate a task model; save it to ``out_dir/model``.
 
-    A finished run folder is reused (its metrics returned); an interrupted one resumes.
+    A finished run folder is reused (its metrics returned); an interrupted one resumes. ``device``
+    trains and evaluates there (``cuda``, ``auto``); it is not one of the run's settings.
     """
     config = dataclasses.replace(config or FinetuneConfig(), **overrides)
+    device = resolve_device(device)  # a wrong device fails before anything is written
     out = Path(out_dir)
     # A finished run is reused and an interrupted one resumed, but only with the settings it was started
     # with: resuming another config's checkpoint would train with the old settings under the new label.
@@ -427,7 +434,7 @@ def finetune(
         teacher_model=teacher,
         head_from_teacher=config.head_init == "teacher",
         seed=config.seed,
-    )
+    ).to(device)
     started = time.perf_counter()
     training = {"steps": 0}
     if config.mode != "teacher-head":

@@ -180,6 +180,23 @@ def max_input_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
 _OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "xlm-roberta-xl"}
 
 
+def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
+    """``auto`` trains on the GPU where torch sees one; asking for CUDA without one fails with the fix."""
+    name = "cpu" if device is None else str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {name!r} was asked for, but this torch ({torch.__version__}) sees no CUDA GPU; "
+            "use --device cpu, or auto to take a GPU only where there is one"
+        )
+    return resolved
+
+
 def load_encoder(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> Encoder:
     """Load an encoder and its fast tokenizer, in eval mode, refusing decoders and slow tokenizers."""
     resolved = resolve_model(name_or_path)
@@ -197,7 +214,7 @@ def load_encoder(name_or_path: str | os.PathLike, device: str | torch.device = "
             f"{name_or_path}: alad pairs student and teacher tokens through character offsets, which "
             "need a fast (Rust) tokenizer; save the model with a tokenizer.json"
         )
-    model = AutoModel.from_pretrained(resolved, config=config).to(device).eval()
+    model = AutoModel.from_pretrained(resolved, config=config).to(resolve_device(device)).eval()
     return Encoder(
         model=model,
         tokenizer=tokenizer,

@@ -35,7 +35,7 @@ from alad.finetuning import (
     main_metric,
     task_model_latency,
 )
-from alad.models import load_encoder
+from alad.models import load_encoder, resolve_device
 from alad.readers import TaggedSentence
 from alad.serialization import read_json, write_json_atomic, write_text_atomic
 
@@ -118,7 +118,9 @@ def resolve_student(pair: dict, models_dir: Path) -> str:
     return str(drop_layers(student["compress"], keep, target))
 
 
-def _teacher_run(config: dict, pair: dict, teachers_dir: Path, show_progress: bool) -> tuple[Path, dict]:
+def _teacher_run(
+    config: dict, pair: dict, teachers_dir: Path, show_progress: bool, device: str = "cpu"
+) -> tuple[Path, dict]:
     """Stage 0: the task-fine-tuned teacher, shared by every run with the same task, data and settings."""
     if pair.get("teacher_run"):
         run = Path(pair["teacher_run"])
@@ -130,7 +132,7 @@ def _teacher_run(config: dict, pair: dict, teachers_dir: Path, show_progress: bo
     settings_key = {k: v for k, v in dataclasses.asdict(ft).items() if v != defaults[k]}
     run = teachers_dir / f"{config['task']}-{_slug(pair['teacher'])}-{_digest(settings_key)}"
     logger.info("stage 0: teacher %s fine-tuned on %s -> %s", pair["teacher"], config["task"], run)
-    return run, finetune(run, ft, show_progress=show_progress)
+    return run, finetune(run, ft, show_progress=show_progress, device=device)
 
 
 def _texts_of(items: list) -> list:
@@ -165,20 +167,30 @@ def _row(name: str, kind: str, result: dict, task: str, model_dir: Path, latency
     }
 
 
-def machine_info() -> str:
+def machine_info(device: str = "cpu") -> str:
     """Where the numbers were measured, for the results table."""
     import platform
 
+    trained_on = resolve_device(device)
+    gpu = f"; trained on {torch.cuda.get_device_name(trained_on)}" if trained_on.type == "cuda" else ""
     return (
         f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; "
-        f"Python {platform.python_version()}, torch {torch.__version__}"
+        f"Python {platform.python_version()}, torch {torch.__version__}{gpu}"
     )
 
 
 def run_recipe(
-    config: dict, out_dir: str | os.PathLike, show_progress: bool = True, command: str | None = None
+    config: dict,
+    out_dir: str | os.PathLike,
+    show_progress: bool = True,
+    command: str | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Execute every stage, baseline and ablation of ``config``; write results.json, .md and plots."""
+    """Execute every stage, baseline and ablation of ``config``; write results.json, .md and plots.
+
+    ``device`` trains (and embeds) there; latency is always measured on the CPU.
+    """
+    resolve_device(device)  # a wrong device fails before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "run_config.json", config)
@@ -188,7 +200,7 @@ def run_recipe(
     splits = load_splits(_finetune_config(config))
     all_rows, pairs_out = [], []
     for pair in config["pairs"]:
-        rows, pair_summary = _run_pair(config, pair, out, splits, teachers_dir, seq_len, show_progress)
+        rows, pair_summary = _run_pair(config, pair, out, splits, teachers_dir, seq_len, show_progress, device)
         pairs_out.append(pair_summary)
         all_rows.extend({**r, "pair": pair_summary["name"]} for r in rows)
 
@@ -198,7 +210,7 @@ def run_recipe(
         "config": config,
         "data": splits.info,
         "command": command or f"alad run <config> --profile {config['profile']}",
-        "machine": machine_info(),
+        "machine": machine_info(device),
         "pairs": pairs_out,
         "rows": all_rows,
     }
@@ -209,14 +221,21 @@ def run_recipe(
 
 
 def _run_pair(
-    config: dict, pair: dict, out: Path, splits, teachers_dir: Path, seq_len: int, show_progress: bool
+    config: dict,
+    pair: dict,
+    out: Path,
+    splits,
+    teachers_dir: Path,
+    seq_len: int,
+    show_progress: bool,
+    device: str = "cpu",
 ) -> tuple[list[dict], dict]:
     """Stages 0-3, baselines and the random-init ablation for one student-teacher pair."""
     task = config["task"]
     name = pair.get("name") or f"{_slug(str(pair['student']))}-to-{_slug(pair['teacher'])}"
     pair_dir = out / name
     student = resolve_student(pair, out.parent / "models")
-    teacher_dir, teacher_result = _teacher_run(config, pair, teachers_dir, show_progress)
+    teacher_dir, teacher_result = _teacher_run(config, pair, teachers_dir, show_progress, device)
     teacher_encoder_dir = teacher_dir / MODEL_DIR / "encoder"
     rows = [
         _row("teacher (fine-tuned, upper bound)", "teacher", teacher_result, task, teacher_dir / MODEL_DIR, seq_len)
@@ -230,7 +249,7 @@ def _run_pair(
             mode=mode,
             teacher=str(teacher_dir),
         )
-        result = finetune(pair_dir / sub, ft, splits=splits, show_progress=show_progress)
+        result = finetune(pair_dir / sub, ft, splits=splits, show_progress=show_progress, device=device)
         row = _row(label, kind, result, task, pair_dir / sub / MODEL_DIR, seq_len, **extra)
         rows.append(row)
         return row
@@ -249,7 +268,7 @@ def _run_pair(
         seed=config.get("seed", 0),
         **stage1,
     )
-    summary1 = align(pair_dir / "stage1", align1, show_progress=show_progress)
+    summary1 = align(pair_dir / "stage1", align1, show_progress=show_progress, device=device)
     print(f"[{name}] stage 1, task-independent alignment:\n{format_summary(summary1)}")
     texts = _texts_of(splits.train)
     align2 = AlignConfig(
@@ -262,7 +281,7 @@ def _run_pair(
         corpus=f"task:{config['task']}:{config.get('data')}",
         **stage2,
     )
-    summary2 = align(pair_dir / "stage2", align2, texts=texts, show_progress=show_progress)
+    summary2 = align(pair_dir / "stage2", align2, texts=texts, show_progress=show_progress, device=device)
     print(f"[{name}] stage 2, continual alignment on the task's text:\n{format_summary(summary2)}")
 
     teacher_emb = _cosine_reference(config, splits, teacher_encoder_dir, show_progress)

@@ -20,11 +20,12 @@ two texts of a pair, and those after it (``[CLS]`` with ``<s>``, ``[SEP]`` with 
 Texts longer than either model accepts are split at whitespace into pieces both accept (never
 truncated), so both models always see the same characters.
 
-A text may also be a pair ``(first, second)`` (question and context in QA), encoded the way a
-pair-input task model sees it: both sequences in one input, with the tokenizer's own separators
-and segment ids. Offsets of the second sequence are shifted by ``len(first) + 1``, so both
-models' tokens live in one character space and a token of one sequence never overlaps a token of
-the other. A pair too long for a model is split in its second text, each piece keeping the first.
+A text may also be a pair ``(first, second)`` (question and context in QA), encoded the way
+alad's QA models read it: both sequences in one input with the tokenizer's own separators, and no
+segment ids (task models take input ids and attention mask only; MPNet has no segments). Offsets
+of the second sequence are shifted by ``len(first) + 1``, so both models' tokens live in one
+character space and a token of one sequence never overlaps a token of the other. A pair too long
+for a model is split in its second text, each piece keeping the first.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ class TokenSpans:
     input_ids: list[int]
     offsets: torch.Tensor  # [T, 2] int64, character start/end
     special: torch.Tensor  # [T] bool
-    token_type_ids: list[int] | None = None  # segment ids of a text pair, where the model uses them
 
     @property
     def pairable(self) -> torch.Tensor:
@@ -91,20 +91,10 @@ def tokenize_with_spans(tokenizer: PreTrainedTokenizerBase, texts: Sequence[Alig
         zip(encoded["input_ids"], encoded["offset_mapping"], encoded["special_tokens_mask"], strict=True)
     ):
         offsets = torch.tensor(offsets, dtype=torch.long).reshape(-1, 2)
-        token_types = None
         if pairs:
             second = torch.tensor([sid == 1 for sid in encoded.sequence_ids(index)], dtype=torch.bool)
             offsets[second] += len(texts[index][0]) + 1
-            if "token_type_ids" in encoded:
-                token_types = list(encoded["token_type_ids"][index])
-        spans.append(
-            TokenSpans(
-                input_ids=list(ids),
-                offsets=offsets,
-                special=torch.tensor(special, dtype=torch.bool),
-                token_type_ids=token_types,
-            )
-        )
+        spans.append(TokenSpans(input_ids=list(ids), offsets=offsets, special=torch.tensor(special, dtype=torch.bool)))
     return spans
 
 

@@ -104,3 +104,21 @@ def optimizer_step(
         torch.nn.utils.clip_grad_norm_(list(parameters), grad_clip)
     optimizer.step()
     scheduler.step()
+
+
+def rng_state() -> dict[str, Any]:
+    """The random state a resumed run needs: CPU, and CUDA's where a GPU is in use (dropout there)."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any] | torch.Tensor) -> None:
+    """Restore ``rng_state()``'s result (or a bare CPU state, as older checkpoints hold)."""
+    if isinstance(state, torch.Tensor):
+        torch.set_rng_state(state)
+        return
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
