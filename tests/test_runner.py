@@ -296,3 +296,19 @@ def test_unknown_key_missing_profile_and_no_pairs_raise(bert_dir, sentences, tmp
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match="names no student-teacher pairs"):
         load_run_config(path, "quick")
+
+
+def test_pairs_are_picked_from_the_profile_then_the_recipe(tmp_path):
+    recipe = {
+        "task": "ner",
+        "pairs": [{"name": "a", "student": "s1", "teacher": "t1"}, {"name": "b", "student": "s2", "teacher": "t2"}],
+        "profiles": {"quick": {"pairs": [{"name": "b", "student": "s2-cut", "teacher": "t2"}]}},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    assert [p["name"] for p in load_run_config(path, "quick")["pairs"]] == ["b"]
+    # a pair the profile leaves out can still be asked for; the profile's version of a pair wins
+    picked = load_run_config(path, "quick", ["a", "b"])["pairs"]
+    assert [(p["name"], p["student"]) for p in picked] == [("a", "s1"), ("b", "s2-cut")]
+    with pytest.raises(ValueError, match=r"has no pair named \['c'\]; its pairs are \['a', 'b'\]"):
+        load_run_config(path, "quick", ["c"])

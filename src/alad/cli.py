@@ -244,17 +244,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from alad.runner import format_results, load_run_config, run_recipe
 
-    config = load_run_config(args.config, args.profile)
-    if args.pairs:
-        wanted = [name.strip() for name in args.pairs.split(",") if name.strip()]
-        known = [pair.get("name") for pair in config["pairs"]]
-        missing = [name for name in wanted if name not in known]
-        if missing:
-            raise ValueError(f"{args.config} has no pair named {missing}; its pairs are {known}")
-        config["pairs"] = [pair for pair in config["pairs"] if pair.get("name") in wanted]
+    wanted = [name.strip() for name in args.pairs.split(",") if name.strip()] if args.pairs else None
+    config = load_run_config(args.config, args.profile, wanted)
     out = args.out or f"runs/{Path(args.config).stem}-{args.profile}"
     command = f"alad run {args.config} --profile {args.profile}"
     command += (f" --pairs {args.pairs}" if args.pairs else "") + (f" --out {args.out}" if args.out else "")
+    command += f" --device {args.device}" if args.device != "cpu" else ""
     results = run_recipe(config, out, show_progress=not args.quiet, command=command, device=args.device)
     print(format_results(results))
     print(f"results: {Path(out) / 'results.md'}, {Path(out) / 'results.json'}, plots in {out}")

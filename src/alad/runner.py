@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,12 @@ _RUN_FIELDS = {
 }
 
 
-def load_run_config(path: str | os.PathLike, profile: str) -> dict[str, Any]:
-    """Read a YAML/JSON recipe and merge the chosen profile's overrides into it."""
+def load_run_config(path: str | os.PathLike, profile: str, pairs: Sequence[str] | None = None) -> dict[str, Any]:
+    """Read a YAML/JSON recipe and merge the chosen profile's overrides into it.
+
+    ``pairs`` keeps only the named student-teacher pairs, looked up in the profile's list and then in
+    the recipe's own, so a pair a profile leaves out (for CPU time, say) can still be run with it.
+    """
     from alad.cli import load_run_file
 
     raw = load_run_file(path)
@@ -76,6 +81,13 @@ def load_run_config(path: str | os.PathLike, profile: str) -> dict[str, Any]:
     config["profile"] = profile
     config.setdefault("windows", [3])
     config.setdefault("modes", ["frozen", "joint", "head-only", "teacher-head"])
+    if pairs is not None:
+        available = {p.get("name"): p for p in (raw.get("pairs") or [])}
+        available.update({p.get("name"): p for p in (config.get("pairs") or [])})
+        missing = [name for name in pairs if name not in available]
+        if missing:
+            raise ValueError(f"{path} has no pair named {missing}; its pairs are {sorted(map(str, available))}")
+        config["pairs"] = [available[name] for name in pairs]
     if not config.get("pairs"):
         raise ValueError(f"{path} names no student-teacher pairs")
     return config
