@@ -312,3 +312,16 @@ def test_pairs_are_picked_from_the_profile_then_the_recipe(tmp_path):
     assert [(p["name"], p["student"]) for p in picked] == [("a", "s1"), ("b", "s2-cut")]
     with pytest.raises(ValueError, match=r"has no pair named \['c'\]; its pairs are \['a', 'b'\]"):
         load_run_config(path, "quick", ["c"])
+
+
+def test_qa_teacher_below_the_no_answer_baseline_is_flagged(capsys):
+    rows = _rows(teacher=49.0, frozen=50.7, joint=46.4)
+    for row in rows:
+        row["no_answer_baseline"] = {"exact": 50.7, "f1": 50.7}
+    pair = _summarise_pair("p", "student", "teacher", rows, SUMMARY2, "qa")
+    [warning] = pair["warnings"]
+    assert warning.startswith("TEACHER DOES NOT BEAT ALWAYS ANSWERING 'NO ANSWER': teacher F1 49.00 <= 50.70")
+    assert "!!! p: TEACHER DOES NOT BEAT ALWAYS ANSWERING" in capsys.readouterr().out
+    for row in rows:
+        row["no_answer_baseline"] = {"exact": 40.0, "f1": 40.0}
+    assert _summarise_pair("p", "student", "teacher", rows, SUMMARY2, "qa")["warnings"] == []

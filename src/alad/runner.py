@@ -353,6 +353,12 @@ def _summarise_pair(name: str, student: str, teacher: str, rows: list[dict], sum
             f"TEACHER DOES NOT BEAT THE STUDENT: teacher {teacher_score:.2f} <= fully fine-tuned student "
             f"{baseline['joint']:.2f}; no adapter can help here"
         )
+    no_answer = by_name["teacher (fine-tuned, upper bound)"].get("no_answer_baseline")
+    if task == "qa" and no_answer and teacher_score <= no_answer["f1"]:
+        warnings.append(
+            f"TEACHER DOES NOT BEAT ALWAYS ANSWERING 'NO ANSWER': teacher F1 {teacher_score:.2f} <= "
+            f"{no_answer['f1']:.2f}; it needs more training data or steps before it can teach spans"
+        )
     for row in rows:
         if row["kind"] not in ("alad", "random"):
             continue
