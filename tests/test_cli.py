@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from tiny_tasks import write_corpus, write_ner_data, write_recipe
+from tiny_tasks import write_corpus, write_ner_data, write_qa_data, write_recipe
 
 from alad.adapter import AdapterConfig, AlignmentAdapter
 from alad.cli import main
@@ -115,6 +115,29 @@ def test_info_on_adapter_and_run_folders(align_run, capsys, tmp_path):
     assert "does not exist" in capsys.readouterr().err
     assert main(["info", str(tmp_path)]) == 2
     assert "is not an adapter folder" in capsys.readouterr().err
+
+
+def test_align_on_squad_question_context_pairs(bert_dir, roberta_dir, tmp_path):
+    squad = write_qa_data(tmp_path / "squad") / "train-v2.0.json"
+    args = ["align", "--student", bert_dir, "--teacher", roberta_dir, "--corpus", squad, "--windows", "1"]
+    args += ["--corpus-format", "squad-pairs", "--align-special-tokens", "true", "--epochs", "1"]
+    args += ["--hidden-size", "16", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "run", "--quiet"]
+    code, output = run_cli(args)
+    assert code == 0, output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["num_texts"] == 10  # one (question, context) pair per question
+    assert summary["unpaired_student_tokens"] == 0  # [CLS]/[SEP] are paired with <s>/</s> by role
+    saved = json.loads((tmp_path / "run" / "run_config.json").read_text())["config"]
+    assert saved["corpus_format"] == "squad-pairs" and saved["align_special_tokens"] is True
+
+
+def test_device_without_a_gpu_exits_2_before_writing(bert_dir, roberta_dir, corpus, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    args = ["align", "--student", bert_dir, "--teacher", roberta_dir, "--corpus", corpus, "--device", "cuda"]
+    assert main([str(a) for a in args + ["--out", tmp_path / "run", "--quiet"]]) == 2
+    assert "alad align: error: device 'cuda' was asked for" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_even_window_is_an_argparse_error(capsys):

@@ -262,6 +262,12 @@ def test_read_texts_auto_detection(tmp_path: Path) -> None:
         "What is tea?",
     ]
 
+    assert read_texts(sq, format="squad-pairs") == [
+        ("Who gave their name to Normandy?", "The Normans gave their name to Normandy."),
+        ("What did Normandy name?", "The Normans gave their name to Normandy."),
+        ("What is tea?", "Tea is a drink."),
+    ]
+
     txt = write(tmp_path, "plain.txt", "Hello world.\n\nAnother sentence here, longer.\n")
     assert detect_format(txt) == "text"
     assert read_texts(txt) == ["Hello world.", "Another sentence here, longer."]

@@ -57,7 +57,10 @@ class AlignConfig:
         default=None,
         metadata={"help": "text file, CoNLL, CoNLL-U or SQuAD JSON; default: the 100k-sentence corpus"},
     )
-    corpus_format: str = field(default="auto", metadata={"help": "auto, text, conll2003, conllu or squad"})
+    corpus_format: str = field(
+        default="auto",
+        metadata={"help": "auto, text, conll2003, conllu, squad, or squad-pairs: (question, context) pair inputs"},
+    )
     max_texts: int | None = field(default=2000, metadata={"help": "use the first N texts of the corpus (None: all)"})
     windows: tuple[int, ...] | None = field(
         default=None,
@@ -210,7 +213,7 @@ def mean_predictor_metrics(train: AlignmentData, val: AlignmentData) -> dict[str
     }
 
 
-def load_texts(config: AlignConfig) -> list[str]:
+def load_texts(config: AlignConfig) -> list[AlignText]:
     from alad.data_sources import corpus_path
     from alad.readers import read_texts
 

@@ -39,7 +39,7 @@ __all__ = [
 PathLike = str | os.PathLike[str]
 
 #: Formats accepted by :func:`read_texts` (besides ``"auto"``).
-TEXT_FORMATS = ("text", "conll2003", "conllu", "squad")
+TEXT_FORMATS = ("text", "conll2003", "conllu", "squad", "squad-pairs")
 
 _CONLL2003_DIR_FILE = "train.txt"
 _DOCSTART = "-DOCSTART-"
@@ -371,13 +371,15 @@ def detect_format(path: PathLike) -> str:
     return "text"
 
 
-def read_texts(path: PathLike, format: str = "auto") -> list[str]:
+def read_texts(path: PathLike, format: str = "auto") -> list[str] | list[tuple[str, str]]:
     """Unlabelled texts for alignment from any supported format.
 
     * ``"text"``: one text per line (:func:`read_lines`);
     * ``"conll2003"``: each sentence, tokens joined by single spaces (a directory reads ``train.txt``);
     * ``"conllu"``: each sentence's ``# text =`` comment, else its word forms joined by spaces;
     * ``"squad"``: each distinct context once (in file order), followed by its questions;
+    * ``"squad-pairs"``: one (question, context) pair per question, as a QA model reads them (stage 2
+      for QA; never auto-detected);
     * ``"auto"``: :func:`detect_format`.
     """
     if format == "auto":
@@ -402,4 +404,6 @@ def read_texts(path: PathLike, format: str = "auto") -> list[str]:
                 texts.append(ex.context)
             texts.append(ex.question)
         return texts
+    if format == "squad-pairs":
+        return [(ex.question, ex.context) for ex in read_squad(path)]
     raise ValueError(f"unknown format {format!r}; expected 'auto' or one of {list(TEXT_FORMATS)}")
