@@ -266,6 +266,16 @@ def test_rerun_on_other_texts_is_refused(finished_run, run_settings):
         align(out, **{**run_settings, "texts": run_settings["texts"][::-1]})
 
 
+def test_interrupted_run_refuses_a_changed_corpus_file(run_settings, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(run_settings["texts"]), encoding="utf-8")
+    settings = {k: v for k, v in run_settings.items() if k != "texts"}
+    assert "interrupted_at_step" in align(tmp_path / "run", corpus=str(corpus), stop_after_steps=2, **settings)
+    corpus.write_text("\n".join(run_settings["texts"][::-1]), encoding="utf-8")
+    with pytest.raises(ValueError, match="holds a run on other texts"):
+        align(tmp_path / "run", corpus=str(corpus), **settings)
+
+
 def test_align_on_text_pairs(run_settings, tmp_path):
     texts = run_settings["texts"]
     pairs = [(texts[i], texts[i + 1]) for i in range(0, len(texts) - 1, 2)]

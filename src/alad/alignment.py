@@ -362,6 +362,8 @@ def align(
 
     texts = given if given is not None else load_texts(config)
     texts_sha256 = corpus_hash(texts)
+    if given is None:  # an interrupted run resumes only on the texts it started with
+        _check_same_run(out, config, texts_sha256)
     student = student or load_encoder(config.student, device)
     teacher = teacher or load_encoder(config.teacher, device)
     segments = segment_texts(texts, [(student.tokenizer, student.max_length), (teacher.tokenizer, teacher.max_length)])
