@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ __all__ = [
     "read_conllu",
     "read_lines",
     "read_squad",
+    "question_context_pairs",
     "read_texts",
 ]
 
@@ -371,6 +372,11 @@ def detect_format(path: PathLike) -> str:
     return "text"
 
 
+def question_context_pairs(examples: Iterable[QAExample]) -> list[tuple[str, str]]:
+    """One (question, context) pair per question: the input a QA model reads, for alignment."""
+    return [(ex.question, ex.context) for ex in examples]
+
+
 def read_texts(path: PathLike, format: str = "auto") -> list[str] | list[tuple[str, str]]:
     """Unlabelled texts for alignment from any supported format.
 
@@ -405,5 +411,5 @@ def read_texts(path: PathLike, format: str = "auto") -> list[str] | list[tuple[s
             texts.append(ex.question)
         return texts
     if format == "squad-pairs":
-        return [(ex.question, ex.context) for ex in read_squad(path)]
+        return question_context_pairs(read_squad(path))
     raise ValueError(f"unknown format {format!r}; expected 'auto' or one of {list(TEXT_FORMATS)}")

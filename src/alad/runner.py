@@ -37,7 +37,7 @@ from alad.finetuning import (
     task_model_latency,
 )
 from alad.models import load_encoder, resolve_device
-from alad.readers import TaggedSentence
+from alad.readers import TaggedSentence, question_context_pairs
 from alad.serialization import read_json, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def _texts_of(items: list) -> list:
     """
     if items and isinstance(items[0], TaggedSentence):
         return [" ".join(s.tokens) for s in items]
-    return [(ex.question, ex.context) for ex in items]
+    return question_context_pairs(items)
 
 
 def _row(name: str, kind: str, result: dict, task: str, model_dir: Path, latency_seq_len: int, **extra) -> dict:
