@@ -20,6 +20,8 @@ from torch.nn import functional as F
 
 from alad.serialization import (
     FORMAT_VERSION,
+    WEIGHTS_FORMAT_VERSION,
+    WEIGHTS_SHA256,
     ArtefactError,
     check_header,
     config_from_dict,
@@ -27,6 +29,8 @@ from alad.serialization import (
     load_tensors,
     read_json,
     save_tensors_atomic,
+    verify_weights,
+    weights_checksums,
     write_json_atomic,
 )
 
@@ -113,9 +117,10 @@ class AlignmentAdapter(nn.Module):
         save_tensors_atomic(directory / WEIGHTS_FILE, self.state_dict(), metadata={"kind": ADAPTER_KIND})
         header = {
             "kind": ADAPTER_KIND,
-            "format_version": self.config.version,
+            "format_version": WEIGHTS_FORMAT_VERSION,
             "config": config_to_dict(self.config),
             "metadata": metadata or {},
+            WEIGHTS_SHA256: weights_checksums(directory, [WEIGHTS_FILE]),
         }
         write_json_atomic(directory / CONFIG_FILE, header)
         return directory
@@ -127,8 +132,9 @@ class AlignmentAdapter(nn.Module):
         if not directory.is_dir():
             raise ArtefactError(f"adapter folder not found: {directory}")
         header = read_json(directory / CONFIG_FILE, "adapter config")
-        check_header(header, ADAPTER_KIND, directory)
+        check_header(header, ADAPTER_KIND, directory, versions=(FORMAT_VERSION, WEIGHTS_FORMAT_VERSION))
         config = config_from_dict(AdapterConfig, header.get("config", {}), f"{directory / CONFIG_FILE}")
+        verify_weights(directory, header, [WEIGHTS_FILE], CONFIG_FILE, "adapter weights")
         adapter = cls(config)
         adapter.metadata = header.get("metadata", {})
         state = load_tensors(directory / WEIGHTS_FILE, "adapter weights")

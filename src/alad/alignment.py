@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import os
 import random
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,8 @@ from torch.nn import functional as F
 
 from alad.adapter import AdapterConfig, AlignmentAdapter
 from alad.cache import EmbeddingCache, TokenEmbeddings, corpus_hash, encode_spans
-from alad.models import MINILM, MPNET, Encoder, load_encoder, resolve_device
+from alad.models import MINILM, MPNET, Encoder, cache_root, load_encoder, resolve_device
+from alad.run_folder import check_run_folder, claim_run_folder, remove_own_files
 from alad.serialization import (
     ArtefactError,
     atomic_write,
@@ -38,6 +38,13 @@ from alad.serialization import (
 )
 from alad.tokenizer_alignment import AlignText, segment_texts, teacher_targets
 from alad.training_loop import ResumableLoop, optimizer_step, rng_state, set_rng_state
+from alad.validation import (
+    check_finite_parameters,
+    check_layer,
+    check_usable_tokens,
+    check_writable,
+    validate_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +102,7 @@ class AlignConfig:
     cache_dir: str | None = field(default=None, metadata={"help": "embedding cache folder (default ~/.cache/alad)"})
 
     def __post_init__(self) -> None:
+        validate_config(self)  # types, finite numbers and ranges of every field, before any work
         if self.windows is not None:
             self.windows = tuple(int(w) for w in self.windows)
             for window in self.windows:
@@ -352,7 +360,8 @@ def align(
     config = dataclasses.replace(config or AlignConfig(), **overrides)
     device = resolve_device(device)  # a wrong device fails before anything is written
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_run_folder(out, "alignment_run")  # someone else's folder is refused before any work
+    check_writable(Path(config.cache_dir) if config.cache_dir else cache_root() / "embeddings", "--cache-dir")
     given = list(texts)[: config.max_texts] if texts is not None else None
     # Texts read from the config's corpus are named by the config; texts given here must match too.
     _check_same_run(out, config, corpus_hash(given) if given is not None else None)
@@ -366,6 +375,8 @@ def align(
         _check_same_run(out, config, texts_sha256)
     student = student or load_encoder(config.student, device)
     teacher = teacher or load_encoder(config.teacher, device)
+    check_layer(student, config.student_layer, "--student-layer")
+    check_layer(teacher, config.teacher_layer, "--teacher-layer")
     segments = segment_texts(texts, [(student.tokenizer, student.max_length), (teacher.tokenizer, teacher.max_length)])
     if len(segments) < 2:
         raise ValueError(f"the corpus has {len(segments)} non-empty texts; alignment needs at least 2")
@@ -381,6 +392,8 @@ def align(
     random.Random(config.seed).shuffle(order)
     n_val = max(1, int(round(len(order) * config.val_fraction)))
     val, train = data.subset(sorted(order[:n_val])), data.subset(sorted(order[n_val:]))
+    counted = [sum(int(m.sum()) for m in part.loss_mask) for part in (train, val)]
+    check_usable_tokens(counted[0], counted[1], len(texts))
     train_lengths = [t.shape[0] for t in train.student]
     steps_per_epoch = len(token_batches(train_lengths, config.batch_tokens, config.seed))
     total_steps = steps_per_epoch * config.epochs
@@ -425,6 +438,7 @@ def align(
     else:
         extra["initial"] = {w: evaluate_adapter(t.adapter, val) for w, t in trainers.items()}
         torch.manual_seed(config.seed)
+    claim_run_folder(out, "alignment_run")  # the marker is the first file alad writes there
     write_json_atomic(
         out / RUN_CONFIG,
         {"kind": "alignment_run", "config": config_to_dict(config), "texts_sha256": texts_sha256},
@@ -442,6 +456,7 @@ def align(
 
     def end_epoch(epoch: int) -> None:
         for window, t in trainers.items():
+            check_finite_parameters(t.adapter.parameters(), f"adapter w{window}")  # never saved as best
             metrics = evaluate_adapter(t.adapter, val)
             t.history.append({"epoch": epoch + 1, "val_mse": metrics["mse"], "val_cosine": metrics["cosine"]})
             if not t.best or metrics["mse"] < t.best["val_mse"]:
@@ -470,7 +485,7 @@ def align(
     write_json_atomic(out / SUMMARY_JSON, summary)
     write_text_atomic(out / SUMMARY_MD, format_summary(summary))
     plot_history(summary, out / "alignment_curves.png")
-    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    remove_own_files(out, CHECKPOINT_DIR, ["state.pt"])  # only what alad put there
     return summary
 
 
@@ -484,6 +499,7 @@ def _check_same_run(out: Path, config: AlignConfig, texts_sha256: str | None) ->
             "or delete the folder to start over"
         )
     previous = config_from_dict(AlignConfig, saved.get("config", {}), str(out / RUN_CONFIG))
+    previous = dataclasses.replace(previous, cache_dir=config.cache_dir)  # where the cache is is no setting
     if previous != config:
         changed = [
             f.name for f in dataclasses.fields(AlignConfig) if getattr(previous, f.name) != getattr(config, f.name)

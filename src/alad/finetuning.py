@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from alad.alignment import warmup_linear_decay
 from alad.metrics import ner_metrics, no_answer_baseline, pos_metrics, squad_v2_metrics
 from alad.models import MINILM, resolve_device
+from alad.run_folder import check_run_folder, claim_run_folder
 from alad.serialization import (
     config_from_dict,
     config_to_dict,
@@ -44,6 +45,7 @@ from alad.tasks import (
     prepare_token_features,
 )
 from alad.training_loop import ResumableLoop, optimizer_step, rng_state, set_rng_state
+from alad.validation import check_finite_parameters, validate_finetune_config
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +116,7 @@ class FinetuneConfig:
                 "head_init 'teacher' needs --adapter (its output is in the teacher's space) and --teacher "
                 "(whose head is copied)"
             )
+        validate_finetune_config(self)  # types, finite numbers, ranges, data format against task
 
 
 @dataclass
@@ -404,16 +407,16 @@ def finetune(
     config = dataclasses.replace(config or FinetuneConfig(), **overrides)
     device = resolve_device(device)  # a wrong device fails before anything is written
     out = Path(out_dir)
+    check_run_folder(out, "finetune_run")  # someone else's folder is refused before any work
     # A finished run is reused and an interrupted one resumed, but only with the settings it was started
     # with: resuming another config's checkpoint would train with the old settings under the new label.
-    if (out / METRICS).is_file() or (out / FINETUNE_CONFIG).is_file():
+    # A config left by a run that failed before training (no checkpoint, no model) binds nothing.
+    if (out / FINETUNE_CONFIG).is_file() and any((out / f).exists() for f in (METRICS, "checkpoint.pt", MODEL_DIR)):
         saved = config_from_dict(FinetuneConfig, read_json(out / FINETUNE_CONFIG, "run config")["config"], str(out))
         if saved != config:
             raise ValueError(f"{out} holds a fine-tuning run with other settings; use another --out or delete it")
     if (out / METRICS).is_file():
         return read_json(out / METRICS, "metrics")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / FINETUNE_CONFIG, {"kind": "finetune_run", "config": config_to_dict(config)})
     splits = splits or load_splits(config)
     teacher = AladTaskModel.from_pretrained(Path(config.teacher) / MODEL_DIR) if config.teacher else None
     if config.task == "qa":
@@ -435,6 +438,8 @@ def finetune(
         head_from_teacher=config.head_init == "teacher",
         seed=config.seed,
     ).to(device)
+    claim_run_folder(out, "finetune_run")  # the marker is the first file alad writes there
+    write_json_atomic(out / FINETUNE_CONFIG, {"kind": "finetune_run", "config": config_to_dict(config)})
     started = time.perf_counter()
     training = {"steps": 0}
     if config.mode != "teacher-head":
@@ -443,6 +448,7 @@ def finetune(
         if "interrupted_at_step" in training:
             return training
     train_seconds = time.perf_counter() - started
+    check_finite_parameters((p for p in model.parameters() if p.requires_grad), "the task model")
     model.metadata = {"finetune": config_to_dict(config), "data": splits.info}
     model.save_pretrained(out / MODEL_DIR)
     metrics = evaluate_task_model(model, splits.eval, config, show_progress)

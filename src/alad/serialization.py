@@ -23,6 +23,11 @@ from safetensors.torch import load_file, save_file
 FORMAT_VERSION = 1
 """Bumped whenever a saved artefact's layout changes; loaders refuse other versions."""
 
+WEIGHTS_FORMAT_VERSION = 2
+"""Header version of artefacts with weights (adapters, task models): version 2 records the SHA-256 of
+every weights file (``weights_sha256``) and is checked on load; version 1 headers predate checksums."""
+WEIGHTS_SHA256 = "weights_sha256"
+
 T = TypeVar("T")
 
 
@@ -68,11 +73,22 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise ArtefactError(f"{what} {path} is not valid JSON ({err}); it is corrupt: delete and rebuild it") from err
 
 
+def _disk_error(path: str | os.PathLike, err: BaseException) -> OSError:
+    """torch's and safetensors' write errors (e.g. ``inline_container.cc ... file write failed``) as one line."""
+    import errno
+
+    code = getattr(err, "errno", None) or errno.ENOSPC
+    return OSError(code, f"cannot write {path}: the disk is full or the folder is not writable ({type(err).__name__})")
+
+
 def save_tensors_atomic(
     path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None
 ) -> None:
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
+    try:
+        atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
+    except SafetensorError as err:
+        raise _disk_error(path, err) from err
 
 
 def load_tensors(path: str | os.PathLike, what: str = "weights") -> dict[str, torch.Tensor]:
@@ -107,22 +123,64 @@ def config_from_dict(cls: type[T], data: dict[str, Any], what: str) -> T:
     return cls(**values)
 
 
-def check_header(header: dict[str, Any], kind: str, path: Path) -> None:
+def check_header(
+    header: dict[str, Any], kind: str, path: Path, versions: tuple[int, ...] = (FORMAT_VERSION,)
+) -> None:
     """Refuse artefacts of another kind or format version with a message naming both."""
+    if not isinstance(header, dict):
+        raise ArtefactError(f"{path} holds no alad header (a JSON object); re-create it with alad")
     found_kind = header.get("kind")
     if found_kind != kind:
         raise ArtefactError(f"{path} holds a {found_kind!r}, not a {kind!r}; pass the folder of a {kind}")
     version = header.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in versions:
+        readable = " or ".join(map(str, versions))
         raise ArtefactError(
-            f"{path} has format_version {version!r}; this alad reads version {FORMAT_VERSION}. "
+            f"{path} has format_version {version!r}; this alad reads version {readable}. "
             "Re-create it with this version of alad"
         )
 
 
+def weights_checksums(directory: str | os.PathLike, files: list[str]) -> dict[str, str]:
+    """``{relative path: SHA-256}`` of weights files in ``directory``, for an artefact's JSON header."""
+    return {name: file_sha256(Path(directory) / name) for name in files}
+
+
+def verify_weights(
+    directory: str | os.PathLike, header: dict[str, Any], files: list[str], header_file: str, what: str = "weights"
+) -> None:
+    """Check every weights file against the SHA-256 its header records (format version 2).
+
+    A version-1 header predates checksums and says so by its version; any later header without a
+    checksum for one of ``files`` is refused, as is a file whose bytes do not match.
+    """
+    directory = Path(directory)
+    if header.get("format_version") == 1:
+        return
+    sums = header.get(WEIGHTS_SHA256)
+    for name in files:
+        path = directory / name
+        expected = sums.get(name) if isinstance(sums, dict) else None
+        if not isinstance(expected, str):
+            raise ArtefactError(
+                f"{directory / header_file} records no SHA-256 for {name}; the header is damaged or not alad's: "
+                "re-create the folder with alad"
+            )
+        if not path.is_file():
+            raise ArtefactError(f"{what} not found: {path}; the folder is incomplete: re-create it")
+        if file_sha256(path) != expected:
+            raise ArtefactError(
+                f"{what} {path} cannot be read (it does not match the SHA-256 recorded in {directory / header_file}), "
+                "so the file is corrupt or truncated; re-create it by rerunning the command that saved it"
+            )
+
+
 def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Atomically write a resumable training state (weights, optimiser, schedule, RNG, position)."""
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    try:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except RuntimeError as err:  # torch reports a full disk as "[enforce fail at inline_container.cc ...]"
+        raise _disk_error(path, err) from err
 
 
 def load_training_state(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -26,6 +26,8 @@ from alad.adapter import AlignmentAdapter
 from alad.models import load_encoder, max_input_tokens
 from alad.serialization import (
     FORMAT_VERSION,
+    WEIGHTS_FORMAT_VERSION,
+    WEIGHTS_SHA256,
     ArtefactError,
     check_header,
     config_from_dict,
@@ -33,6 +35,8 @@ from alad.serialization import (
     load_tensors,
     read_json,
     save_tensors_atomic,
+    verify_weights,
+    weights_checksums,
     write_json_atomic,
 )
 
@@ -147,10 +151,11 @@ class AladTaskModel(nn.Module):
             directory / TASK_CONFIG,
             {
                 "kind": TASK_MODEL_KIND,
-                "format_version": self.config.version,
+                "format_version": WEIGHTS_FORMAT_VERSION,
                 "config": config_to_dict(self.config),
                 "has_adapter": self.adapter is not None,
                 "metadata": self.metadata,
+                WEIGHTS_SHA256: weights_checksums(directory, _weights_files(directory)),
             },
         )
         return directory
@@ -161,10 +166,18 @@ class AladTaskModel(nn.Module):
         if not directory.is_dir():
             raise ArtefactError(f"task model folder not found: {directory}")
         header = read_json(directory / TASK_CONFIG, "task model config")
-        check_header(header, TASK_MODEL_KIND, directory)
-        config = config_from_dict(TaskModelConfig, header["config"], str(directory / TASK_CONFIG))
-        encoder = AutoModel.from_pretrained(directory / "encoder")
-        tokenizer = AutoTokenizer.from_pretrained(directory / "encoder")
+        check_header(header, TASK_MODEL_KIND, directory, versions=(FORMAT_VERSION, WEIGHTS_FORMAT_VERSION))
+        config = config_from_dict(TaskModelConfig, header.get("config", {}), str(directory / TASK_CONFIG))
+        recorded = header.get(WEIGHTS_SHA256) if isinstance(header.get(WEIGHTS_SHA256), dict) else {}
+        verify_weights(directory, header, sorted({*recorded, *_weights_files(directory), HEAD_WEIGHTS}), TASK_CONFIG)
+        try:
+            encoder = AutoModel.from_pretrained(directory / "encoder")
+            tokenizer = AutoTokenizer.from_pretrained(directory / "encoder")
+        except (OSError, ValueError, RuntimeError) as err:  # e.g. truncated weights of a pre-checksum folder
+            raise ArtefactError(
+                f"the encoder in {directory / 'encoder'} cannot be loaded ({str(err).splitlines()[0][:200]}); "
+                "the folder is corrupt or incomplete: re-create it"
+            ) from err
         adapter = AlignmentAdapter.from_pretrained(directory / "adapter") if header.get("has_adapter") else None
         head_state = load_tensors(directory / HEAD_WEIGHTS, "task head")
         weight = head_state.get("weight")
@@ -175,6 +188,12 @@ class AladTaskModel(nn.Module):
         model = cls(config, encoder, tokenizer, adapter=adapter, head=head)
         model.metadata = header.get("metadata", {})
         return model.eval()
+
+
+def _weights_files(directory: Path) -> list[str]:
+    """Every weights file a task model folder holds (encoder, adapter, head), relative to it."""
+    found = [p for p in directory.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin")]
+    return sorted(p.relative_to(directory).as_posix() for p in found)
 
 
 def build_task_model(

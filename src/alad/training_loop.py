@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from alad.validation import NonFiniteLossError, check_finite_loss
+
 SaveFn = Callable[[int, int, int], None]
 """``save(epoch, batch, step)``: checkpoint a run about to start batch ``batch`` of epoch ``epoch``."""
 
@@ -73,7 +75,14 @@ class ResumableLoop:
                 for index, batch in enumerate(self.batches_for_epoch(epoch)):
                     if epoch == self.start_epoch and index < self.start_batch:
                         continue
-                    postfix = train_step(batch)
+                    try:
+                        postfix = train_step(batch)
+                    except NonFiniteLossError as err:
+                        raise NonFiniteLossError(
+                            f"{err} at step {self.step + 1} (epoch {epoch + 1}); training stopped and this step was "
+                            "not saved. Lower the learning rate (align: --lr; finetune: --lr-head, --lr-adapter, "
+                            "--lr-encoder) or set --grad-clip, in a new --out"
+                        ) from None
                     self.step += 1
                     progress.update(1)
                     progress.set_postfix(postfix)
@@ -98,10 +107,13 @@ def optimizer_step(
     grad_clip: float,
 ) -> None:
     """Backward, clip the global gradient norm (when ``grad_clip`` > 0), step optimiser and schedule."""
+    check_finite_loss(loss)  # a NaN/inf loss never reaches the weights
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(list(parameters), grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(list(parameters), grad_clip)
+        if not bool(torch.isfinite(norm)):
+            raise NonFiniteLossError(f"the gradient norm became {norm.item()}")
     optimizer.step()
     scheduler.step()
 
