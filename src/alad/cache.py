@@ -23,7 +23,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from alad.file_lock import file_lock
 from alad.models import Encoder, cache_root, model_fingerprint, tokenizer_fingerprint
+from alad.run_folder import remove_stale_tmp
 from alad.serialization import (
     FORMAT_VERSION,
     ArtefactError,
@@ -182,15 +184,18 @@ class EmbeddingCache:
             raise ValueError("no texts to embed: the corpus is empty")
         key = cache_key(encoder, texts, layer)
         directory = _key_directory(self.root, key)
-        manifest = self._load_manifest(directory, key)
         spans = tokenize_with_spans(encoder.tokenizer, texts)
         # Check the whole corpus up front: indices are the corpus's, and no shard is built in vain.
         _check_lengths(encoder, [len(s.input_ids) for s in spans])
         num_shards = (len(texts) + self.shard_size - 1) // self.shard_size
-        done = self._valid_prefix(directory, manifest)
-        if done < num_shards:
-            self._build(encoder, spans, layer, directory, manifest, done, num_shards, show_progress)
-        states = self._read(directory, manifest, spans)
+        # One process at a time per entry; under the lock, .tmp files are leftovers of a killed write.
+        with file_lock(directory.parent / f"{directory.name}.lock"):
+            remove_stale_tmp(directory)
+            manifest = self._load_manifest(directory, key)
+            done = self._valid_prefix(directory, manifest)
+            if done < num_shards:
+                self._build(encoder, spans, layer, directory, manifest, done, num_shards, show_progress)
+            states = self._read(directory, manifest, spans)
         return TokenEmbeddings(texts=texts, spans=spans, states=states, key=key, directory=directory)
 
     def _load_manifest(self, directory: Path, key: dict) -> dict:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
+import os
 import sys
 import typing
 from collections.abc import Sequence
@@ -76,13 +78,25 @@ def load_run_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason}); save the config file as UTF-8") from err
     if path.suffix.lower() == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); fix the syntax there") from err
     else:
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"{path}{where}: not valid YAML ({problem}); fix the syntax there") from err
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of option names to values, got {type(data).__name__}")
     return {k.replace("-", "_"): v for k, v in data.items()}
@@ -102,12 +116,23 @@ def build_config(cls: type, args: argparse.Namespace) -> Any:
     return cls(**values)
 
 
+def _format_saved(format_fn: Any, data: Any, path: Path) -> str:
+    """Format a saved summary or metrics file; a file missing keys is reported, not a traceback."""
+    try:
+        return format_fn(data)
+    except (KeyError, TypeError, IndexError, AttributeError) as err:
+        raise ArtefactError(
+            f"{path} is incomplete or not written by this alad (missing or wrong entry {err}); rerun the "
+            "command that wrote it in a new folder"
+        ) from err
+
+
 def _cmd_align(args: argparse.Namespace) -> int:
-    from alad.alignment import AlignConfig, align, format_summary
+    from alad.alignment import SUMMARY_JSON, AlignConfig, align, format_summary
 
     config = build_config(AlignConfig, args)
     summary = align(args.out, config, show_progress=not args.quiet, device=args.device)
-    print(format_summary(summary))
+    print(_format_saved(format_summary, summary, Path(args.out) / SUMMARY_JSON))
     print(f"adapters saved under {Path(args.out).resolve()}/w<K>; plot: {Path(args.out) / 'alignment_curves.png'}")
     return 0
 
@@ -140,9 +165,11 @@ def describe(path: str | Path) -> str:
             lines.append(f"  trivial mean-token predictor: cosine {meta['mean_predictor']['cosine']:.4f}")
         return "\n".join(lines)
     if (path / SUMMARY_JSON).is_file():
-        return f"alignment run: {path}\n\n" + format_summary(read_json(path / SUMMARY_JSON, "run summary"))
+        summary = read_json(path / SUMMARY_JSON, "run summary")
+        return f"alignment run: {path}\n\n" + _format_saved(format_summary, summary, path / SUMMARY_JSON)
     if (path / "metrics.json").is_file():
-        return f"fine-tuning run: {path}\n" + format_metrics(read_json(path / "metrics.json", "run metrics"))
+        metrics = read_json(path / "metrics.json", "run metrics")
+        return f"fine-tuning run: {path}\n" + _format_saved(format_metrics, metrics, path / "metrics.json")
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     raise ArtefactError(
@@ -163,7 +190,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if args.command == "finetune-teacher":
         config = dataclasses.replace(config, student=args.teacher_model, adapter=None, teacher=None, mode="joint")
     result = finetune(args.out, config, show_progress=not args.quiet, device=args.device)
-    print(format_metrics(result))
+    print(_format_saved(format_metrics, result, Path(args.out) / "metrics.json"))
     print(f"model saved to {Path(args.out) / 'model'}")
     return 0
 
@@ -242,11 +269,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from alad.models import resolve_device
+    from alad.run_folder import check_path_name, check_run_folder, claim_run_folder
     from alad.runner import format_results, load_run_config, run_recipe
+    from alad.validation import check_recipe
 
     wanted = [name.strip() for name in args.pairs.split(",") if name.strip()] if args.pairs else None
     config = load_run_config(args.config, args.profile, wanted)
+    check_recipe(config)  # every setting and pair name, before the output folder is touched
+    if not args.out:
+        check_path_name(args.profile, "profile name")
     out = args.out or f"runs/{Path(args.config).stem}-{args.profile}"
+    check_run_folder(out, "recipe_run")
+    resolve_device(args.device)
+    claim_run_folder(out, "recipe_run")
     command = f"alad run {args.config} --profile {args.profile}"
     command += (f" --pairs {args.pairs}" if args.pairs else "") + (f" --out {args.out}" if args.out else "")
     command += f" --device {args.device}" if args.device != "cpu" else ""
@@ -346,14 +382,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def user_error(err: BaseException) -> str | None:
+    """One line naming the problem and the fix for a known kind of bad input; None for anything else.
+
+    The one place that turns errors into messages: validation and artefact errors, missing files,
+    folders alad may not write, a full disk, unreadable config files.
+    """
+    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError | FileExistsError):
+        code = err.errno
+        where = f" ({err.filename})" if err.filename else ""
+        own = err.strerror if err.strerror and code and err.strerror != os.strerror(code) else None
+        if code in _FULL_ERRNOS:
+            text = own or f"no space left on the disk{where}"
+            return _one_line(f"{text}; free space or choose another --out / --cache-dir")
+        if code in _WRITE_ERRNOS or isinstance(err, PermissionError):
+            text = own or f"permission denied{where}"
+            return _one_line(f"{text}; choose a writable --out / --cache-dir or fix the folder's permissions")
+        if code in (errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG):
+            return _one_line(f"{own or os.strerror(code)}{where}; check the path")
+        if own is None and code is not None:
+            return None  # an unexpected OS error: keep the traceback
+    if isinstance(err, RuntimeError) and not isinstance(err, NotImplementedError):
+        return _one_line(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    return _one_line(str(err) or type(err).__name__)
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ArtefactError, RuntimeError, NotImplementedError) as err:
-        print(f"alad {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError, ArtefactError, RuntimeError, NotImplementedError) as err:
+        message = user_error(err)
+        if message is None:
+            raise  # not a known kind of bad input: a genuine bug keeps its traceback
+        print(f"alad {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"alad {args.command}: interrupted; run the same command again to resume", file=sys.stderr)

@@ -34,7 +34,7 @@ from alad.serialization import (
     save_training_state,
     write_json_atomic,
 )
-from alad.task_data import DataSource, seeded_subset
+from alad.task_data import DataSource, disjoint_splits, seeded_subset
 from alad.task_models import MODES, AladTaskModel, build_task_model
 from alad.tasks import (
     IGNORE_INDEX,
@@ -137,6 +137,11 @@ def load_splits(config: FinetuneConfig) -> TaskSplits:
         "train_file": source.describe(config.train_split),
         "eval_file": source.describe(config.eval_split),
     }
+    train_all, eval_all, single = disjoint_splits(
+        source, config.train_split, config.eval_split, train_all, eval_all, config.seed
+    )
+    if single is not None:  # one file: disjoint parts by seed, never evaluated on training items
+        info["single_file_split"] = single
     if config.task == "qa" and config.squad_dev_articles_to_train:
         from alad.qa import split_squad_by_article
 

@@ -18,7 +18,9 @@ never silently trains on nothing.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,8 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike[str]
+
+logger = logging.getLogger(__name__)
 
 #: Formats accepted by :func:`read_texts` (besides ``"auto"``).
 TEXT_FORMATS = ("text", "conll2003", "conllu", "squad", "squad-pairs")
@@ -328,48 +332,66 @@ def read_lines(path: PathLike) -> list[str]:
     return lines
 
 
-def _looks_like_conll2003(lines: list[str]) -> bool:
-    """True when the first non-blank line is -DOCSTART- or every sampled line has 4 columns."""
+# An IOB/BIOES tag: O, or B-/I-/E-/S-/L-/U- followed by a type (PER, LOC, MISC, ...).
+_TAG = re.compile(r"^(O|[BIESLU]-[A-Za-z][A-Za-z0-9_.$-]*)$")
+_CONLL_NAME_HINTS = (".conll", ".iob", ".bio", ".bioes")
+
+
+def _looks_like_conll2003(lines: list[str], named_conll: bool = False) -> bool:
+    """True when the first non-blank line is -DOCSTART-, or every sampled line has 4 columns and either the
+    last column of each is a tag (O, B-PER, I-LOC, ...) or the file's name says CoNLL. Four-word lines of
+    plain text are text: their last words are not tags."""
     if not lines:
         return False
     if lines[0].startswith(_DOCSTART):
         return True
-    return all(len(line.split()) == 4 for line in lines)
+    if not all(len(line.split()) == 4 for line in lines):
+        return False
+    return named_conll or all(_TAG.match(line.split()[-1]) for line in lines)
 
 
 def detect_format(path: PathLike) -> str:
-    """Guess the format of ``path`` for :func:`read_texts`: one of :data:`TEXT_FORMATS`.
+    """Guess the format of ``path`` for :func:`read_texts`: one of :data:`TEXT_FORMATS`."""
+    return detect_format_why(path)[0]
+
+
+def detect_format_why(path: PathLike) -> tuple[str, str]:
+    """The format of ``path`` for :func:`read_texts` and the reason, said to the user.
 
     A directory is CoNLL-2003 (its ``train.txt``); ``.json`` is SQuAD and ``.conllu`` is CoNLL-U;
-    otherwise the first lines decide: ``-DOCSTART-`` or 4 whitespace-separated columns on each of the
-    first 20 non-blank lines -> CoNLL-2003, 10 tab-separated columns after ``#`` comments -> CoNLL-U,
-    a leading ``{`` -> SQuAD, anything else -> plain text.
+    otherwise the first lines decide: ``-DOCSTART-``, or 4 whitespace-separated columns on each of the
+    first 20 non-blank lines with a tag (``O``, ``B-PER``, ...) in the last column (or ``conll`` in the
+    file name) -> CoNLL-2003; 10 tab-separated columns after ``#`` comments -> CoNLL-U; a leading ``{``
+    -> SQuAD; anything else -> plain text, one text per line.
     """
     p = _existing_path(path)
     if p.is_dir():
-        return "conll2003"
+        return "conll2003", "a folder is read as CoNLL-2003 (its train.txt)"
     suffix = p.suffix.lower()
     if suffix == ".json":
-        return "squad"
+        return "squad", "the .json extension"
     if suffix == ".conllu":
-        return "conllu"
+        return "conllu", "the .conllu extension"
     try:
         with p.open("rb") as fh:
             head = fh.read(64 * 1024).decode("utf-8-sig", errors="replace")
     except OSError as exc:
         raise ValueError(f"{p}: cannot be read: {exc}") from exc
     if head.lstrip().startswith("{"):
-        return "squad"
+        return "squad", "it starts with '{'"
     head_lines = head.split("\n")
     if len(head) == 64 * 1024:
         head_lines = head_lines[:-1]  # possibly cut in the middle
     nonblank = [line.rstrip("\r") for line in head_lines if line.strip()][:20]
-    if _looks_like_conll2003(nonblank):
-        return "conll2003"
+    named_conll = "conll" in p.name.lower() or suffix in _CONLL_NAME_HINTS
+    if _looks_like_conll2003(nonblank, named_conll):
+        return "conll2003", "-DOCSTART- or 4 columns ending in a tag column"
     words = [line for line in nonblank if not line.startswith("#")]
     if words and len(words[0].split("\t")) == 10:
-        return "conllu"
-    return "text"
+        return "conllu", "10 tab-separated columns"
+    if nonblank and all(len(line.split()) == 4 for line in nonblank):
+        return "text", "4 words per line, but the last is no tag, so not CoNLL-2003"
+    return "text", "no CoNLL or SQuAD layout"
 
 
 def question_context_pairs(examples: Iterable[QAExample]) -> list[tuple[str, str]]:
@@ -389,7 +411,10 @@ def read_texts(path: PathLike, format: str = "auto") -> list[str] | list[tuple[s
     * ``"auto"``: :func:`detect_format`.
     """
     if format == "auto":
-        format = detect_format(path)
+        format, why = detect_format_why(path)
+        logger.warning(
+            "%s: read as %s (auto-detected: %s); set the corpus format to choose another", path, format, why
+        )
     if format == "text":
         return read_lines(path)
     if format == "conll2003":

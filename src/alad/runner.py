@@ -38,6 +38,7 @@ from alad.finetuning import (
 )
 from alad.models import load_encoder, resolve_device
 from alad.readers import TaggedSentence, question_context_pairs
+from alad.run_folder import check_path_name
 from alad.serialization import read_json, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ def _run_pair(
     """Stages 0-3, baselines and the random-init ablation for one student-teacher pair."""
     task = config["task"]
     name = pair.get("name") or f"{_slug(str(pair['student']))}-to-{_slug(pair['teacher'])}"
-    pair_dir = out / name
+    pair_dir = out / check_path_name(name, "pair name")  # never a path: '../x' would write above out
     student = resolve_student(pair, out.parent / "models")
     teacher_dir, teacher_result = _teacher_run(config, pair, teachers_dir, show_progress, device)
     teacher_encoder_dir = teacher_dir / MODEL_DIR / "encoder"

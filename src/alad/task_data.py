@@ -147,3 +147,65 @@ def seeded_subset(items: Sequence[T], n: int | None, seed: int) -> list[T]:
         raise ValueError(f"a subset needs at least one item, got n={n}")
     chosen = sorted(random.Random(seed).sample(range(len(items)), n))
     return [items[i] for i in chosen]
+
+
+SINGLE_FILE_EVAL_SHARE = 0.1
+"""Share of a single data file (by sentence, or by SQuAD article) held out for evaluation."""
+
+
+def split_single_file(items: Sequence[T], seed: int, name: str) -> tuple[list[T], list[T], dict]:
+    """Disjoint train and eval parts of one file's items, chosen by ``seed``; sizes in the returned info.
+
+    SQuAD questions are kept together by article (questions of one article share contexts), so no
+    context is in both parts. A file too small to split is refused with the fix.
+    """
+    groups: dict[object, list[int]] = {}
+    for index, item in enumerate(items):
+        key = (item.title or item.context) if isinstance(item, QAExample) else index
+        groups.setdefault(key, []).append(index)
+    unit = "articles" if items and isinstance(items[0], QAExample) else "items"
+    if len(groups) < 2:
+        raise ValueError(
+            f"{name} holds {len(groups)} {unit}; one data file is split into disjoint train and eval parts, which "
+            "needs at least 2. Pass a folder with separate train and dev files (FORMAT:FOLDER)"
+        )
+    keys = list(groups)
+    random.Random(seed).shuffle(keys)
+    n_eval = min(len(keys) - 1, max(1, round(len(keys) * SINGLE_FILE_EVAL_SHARE)))
+    eval_indices = sorted(i for key in keys[:n_eval] for i in groups[key])
+    held_out = set(eval_indices)
+    train = [item for i, item in enumerate(items) if i not in held_out]
+    evaluation = [items[i] for i in eval_indices]
+    info = {
+        "file": name,
+        "seed": seed,
+        "unit": unit,
+        "eval_share": SINGLE_FILE_EVAL_SHARE,
+        "train_items": len(train),
+        "eval_items": len(evaluation),
+    }
+    return train, evaluation, info
+
+
+def disjoint_splits(
+    source: DataSource, train_split: str, eval_split: str, train: list, evaluation: list, seed: int
+) -> tuple[list, list, dict | None]:
+    """When train and eval come from the same file, split it (see :func:`split_single_file`) so that no
+    item is both trained and evaluated on; otherwise the splits as they are."""
+    if source.format == "hf" or source.split_file(train_split) != source.split_file(eval_split):
+        return train, evaluation, None
+    import logging
+
+    train, evaluation, info = split_single_file(train, seed, str(source.split_file(train_split)))
+    logging.getLogger(__name__).warning(
+        "%s is both the %s and the %s split: split by seed %d into %d training and %d evaluation %s (disjoint)",
+        info["file"],
+        train_split,
+        eval_split,
+        seed,
+        info["train_items"],
+        info["eval_items"],
+        info["unit"],
+    )
+    return train, evaluation, info
+
