@@ -190,11 +190,17 @@ def split_single_file(items: Sequence[T], seed: int, name: str) -> tuple[list[T]
 def disjoint_splits(
     source: DataSource, train_split: str, eval_split: str, train: list, evaluation: list, seed: int
 ) -> tuple[list, list, dict | None]:
-    """When train and eval come from the same file, split it (see :func:`split_single_file`) so that no
-    item is both trained and evaluated on; otherwise the splits as they are."""
+    """When train and eval come from the same file (one file given for both splits), split it (see
+    :func:`split_single_file`) so that no item is both trained and evaluated on; otherwise the splits as
+    they are. Asking for the same split by name (``--eval-split train``) is a deliberate check on the
+    training data and is left alone, with a warning."""
+    import logging
+
+    if train_split == eval_split:
+        logging.getLogger(__name__).warning("evaluating on the training split %r itself, as asked", train_split)
+        return train, evaluation, None
     if source.format == "hf" or source.split_file(train_split) != source.split_file(eval_split):
         return train, evaluation, None
-    import logging
 
     train, evaluation, info = split_single_file(train, seed, str(source.split_file(train_split)))
     logging.getLogger(__name__).warning(
