@@ -23,8 +23,8 @@ from torch.nn import functional as F
 
 from alad.adapter import AdapterConfig, AlignmentAdapter
 from alad.cache import EmbeddingCache, TokenEmbeddings, corpus_hash, encode_spans
-from alad.models import MINILM, MPNET, Encoder, cache_root, load_encoder, resolve_device
-from alad.run_folder import check_run_folder, claim_run_folder, remove_own_files
+from alad.models import MINILM, MPNET, Encoder, load_encoder, resolve_device
+from alad.run_folder import claim_run_folder, remove_own_files
 from alad.serialization import (
     ArtefactError,
     atomic_write,
@@ -39,10 +39,10 @@ from alad.serialization import (
 from alad.tokenizer_alignment import AlignText, segment_texts, teacher_targets
 from alad.training_loop import ResumableLoop, optimizer_step, rng_state, set_rng_state
 from alad.validation import (
+    check_align_inputs,
     check_finite_parameters,
     check_layer,
     check_usable_tokens,
-    check_writable,
     validate_config,
 )
 
@@ -360,8 +360,7 @@ def align(
     config = dataclasses.replace(config or AlignConfig(), **overrides)
     device = resolve_device(device)  # a wrong device fails before anything is written
     out = Path(out_dir)
-    check_run_folder(out, "alignment_run")  # someone else's folder is refused before any work
-    check_writable(Path(config.cache_dir) if config.cache_dir else cache_root() / "embeddings", "--cache-dir")
+    check_align_inputs(out, config, texts is not None)  # run folder, cache, --init, --corpus: before any work
     given = list(texts)[: config.max_texts] if texts is not None else None
     # Texts read from the config's corpus are named by the config; texts given here must match too.
     _check_same_run(out, config, corpus_hash(given) if given is not None else None)

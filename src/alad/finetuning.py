@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from alad.alignment import warmup_linear_decay
 from alad.metrics import ner_metrics, no_answer_baseline, pos_metrics, squad_v2_metrics
 from alad.models import MINILM, resolve_device
-from alad.run_folder import check_run_folder, claim_run_folder
+from alad.run_folder import claim_run_folder
 from alad.serialization import (
     config_from_dict,
     config_to_dict,
@@ -45,7 +45,7 @@ from alad.tasks import (
     prepare_token_features,
 )
 from alad.training_loop import ResumableLoop, optimizer_step, rng_state, set_rng_state
-from alad.validation import check_finite_parameters, validate_finetune_config
+from alad.validation import check_finetune_inputs, check_finite_parameters, validate_finetune_config
 
 logger = logging.getLogger(__name__)
 
@@ -412,7 +412,7 @@ def finetune(
     config = dataclasses.replace(config or FinetuneConfig(), **overrides)
     device = resolve_device(device)  # a wrong device fails before anything is written
     out = Path(out_dir)
-    check_run_folder(out, "finetune_run")  # someone else's folder is refused before any work
+    check_finetune_inputs(out, config)  # run folder, --adapter, --teacher: before any work
     # A finished run is reused and an interrupted one resumed, but only with the settings it was started
     # with: resuming another config's checkpoint would train with the old settings under the new label.
     # A config left by a run that failed before training (no checkpoint, no model) binds nothing.

@@ -189,6 +189,35 @@ def check_writable(path: str | os.PathLike, flag: str) -> None:
     _check_writable(Path(path), flag)
 
 
+def check_align_inputs(out: Path, config: Any, texts_given: bool = False) -> None:
+    """What ``align`` can check before loading a model: its run folder, the cache folder, --init, --corpus."""
+    from alad.models import cache_root
+    from alad.run_folder import check_run_folder
+
+    check_run_folder(out, "alignment_run")
+    check_writable(Path(config.cache_dir) if config.cache_dir else cache_root() / "embeddings", "--cache-dir")
+    if config.init is not None and not Path(config.init).is_dir():
+        raise FileNotFoundError(
+            f"--init {config.init} is not a folder; pass an adapter folder or an alignment run folder"
+        )
+    if config.corpus and not texts_given and not Path(config.corpus).expanduser().exists():
+        raise FileNotFoundError(f"--corpus {config.corpus}: no such file or directory; check the path")
+
+
+def check_finetune_inputs(out: Path, config: Any) -> None:
+    """What ``finetune`` can check before loading data or models: its run folder, --adapter, --teacher."""
+    from alad.run_folder import check_run_folder
+
+    check_run_folder(out, "finetune_run")
+    if config.adapter and not Path(config.adapter).is_dir():
+        raise FileNotFoundError(f"adapter folder not found: --adapter {config.adapter}; pass an adapter folder (w<K>)")
+    if config.teacher and not (Path(config.teacher) / "model").is_dir():
+        raise FileNotFoundError(
+            f"--teacher {config.teacher} is not a finished fine-tuning run (no model/ folder); run "
+            "alad finetune-teacher first"
+        )
+
+
 def check_finite_loss(loss: torch.Tensor) -> None:
     """Refuse a NaN/inf loss before it reaches the weights."""
     if not bool(torch.isfinite(loss.detach()).all()):
