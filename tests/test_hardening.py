@@ -385,3 +385,21 @@ def test_a_cache_entry_is_built_under_a_lock(bert, tmp_path, sentences):
         assert not finished.is_set()  # waits for the other holder of the entry
     worker.join(timeout=30)
     assert finished.is_set()
+
+
+# ------------------------------------------------------------------------------ 9. README against code
+
+
+def test_readme_says_what_the_code_does(capsys):
+    from alad.models import cache_root
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "## Guarantees" in readme
+    assert "split at whitespace (never" not in readme and "inside a long run without" in readme
+    assert "CPU latency (batch 1 and 32) and cosine to the teacher" not in readme
+    assert "reference states are embedded on the CPU" in readme
+    assert EmbeddingCache().root == cache_root() / "embeddings"
+    with pytest.raises(SystemExit):
+        main(["align", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "embedding cache folder (default ~/.cache/alad/embeddings; not a run setting)" in help_text

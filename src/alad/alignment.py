@@ -99,7 +99,10 @@ class AlignConfig:
     val_fraction: float = field(default=0.1, metadata={"help": "share of texts held out for validation"})
     seed: int = field(default=0, metadata={"help": "seed for split, batching, init and dropout"})
     checkpoint_every: int = field(default=50, metadata={"help": "also checkpoint every N steps (0: epoch ends only)"})
-    cache_dir: str | None = field(default=None, metadata={"help": "embedding cache folder (default ~/.cache/alad)"})
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "embedding cache folder (default ~/.cache/alad/embeddings; not a run setting)"},
+    )
 
     def __post_init__(self) -> None:
         validate_config(self)  # types, finite numbers and ranges of every field, before any work
