@@ -192,6 +192,7 @@ ROWS = [
     Row("teacher-lr-head-nan", TEACHER + " --lr-head nan --out {out}", "--lr-head must be a finite number"),
     Row("teacher-epochs-0", TEACHER + " --epochs 0 --out {out}", "--epochs must be >= 1"),
     Row("teacher-model-missing", TEACHER + " --teacher {tmp}/none --out {out}", "model path not found"),
+    Row("teacher-empty", TEACHER + " --teacher '' --out {out}", "--teacher is empty"),
     Row("teacher-qa-on-conll", TEACHER + " --task qa --out {out}", "--task qa cannot train on conll2003 data"),
     # ------------------------------------------------------------------------------------- evaluate
     Row("evaluate-missing-run", "evaluate {tmp}/none", "is not a fine-tuning run folder"),

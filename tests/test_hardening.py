@@ -95,7 +95,7 @@ def test_claim_and_remove_only_own_files(tmp_path):
         claim_run_folder(run, "alignment_run")
     (run / "sub").mkdir()
     (run / "sub" / "a.pt").write_text("alad")
-    (run / "sub" / ".a.pt.x1y2.tmp").write_text("half written")
+    (run / "sub" / ".a.pt.x1y2z3w4.tmp").write_text("half written")
     remove_own_files(run, "sub", ["a.pt"])
     assert not (run / "sub").exists()
     foreign = tmp_path / "foreign"
@@ -363,7 +363,7 @@ def test_stale_tmp_files_of_a_killed_cache_write_are_removed(bert, tmp_path, sen
     cache = EmbeddingCache(tmp_path / "cache")
     cache.embed(bert, sentences[:6], show_progress=False)
     entry = _key_directory(cache.root, cache_key(bert, sentences[:6], -1))
-    stale = entry / ".shard-00001.safetensors.k1ll3d.tmp"
+    stale = entry / ".shard-00001.safetensors.k1ll3d_x.tmp"
     stale.write_bytes(b"half")
     cache.embed(bert, sentences[:6], show_progress=False)
     assert not stale.exists()

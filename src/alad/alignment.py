@@ -363,7 +363,7 @@ def align(
     config = dataclasses.replace(config or AlignConfig(), **overrides)
     device = resolve_device(device)  # a wrong device fails before anything is written
     out = Path(out_dir)
-    check_align_inputs(out, config, texts is not None)  # run folder, cache, --init, --corpus: before any work
+    check_align_inputs(out, config)  # run folder, cache folder, --init: before any work
     given = list(texts)[: config.max_texts] if texts is not None else None
     # Texts read from the config's corpus are named by the config; texts given here must match too.
     _check_same_run(out, config, corpus_hash(given) if given is not None else None)

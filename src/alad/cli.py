@@ -188,6 +188,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
     config = build_config(FinetuneConfig, args)
     if args.command == "finetune-teacher":
+        if not args.teacher_model.strip():
+            raise ValueError("--teacher is empty; name the model: a packaged name, a model folder or a hub id")
         config = dataclasses.replace(config, student=args.teacher_model, adapter=None, teacher=None, mode="joint")
     result = finetune(args.out, config, show_progress=not args.quiet, device=args.device)
     print(_format_saved(format_metrics, result, Path(args.out) / "metrics.json"))

@@ -33,8 +33,8 @@ _LEGACY = {
     "recipe_run": ("run_config.json", lambda d: "pairs" in d and "task" in d and "kind" not in d),
 }
 _KIND_WORDS = {"alignment_run": "an alignment run", "finetune_run": "a fine-tuning run", "recipe_run": "an alad run"}
-# Names atomic_write gives its temporary files: ".<name>.<random>.tmp".
-_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+# Names atomic_write (tempfile.mkstemp) gives its temporary files: ".<name>.<8 random characters>.tmp".
+_TMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 class RunFolderError(FileExistsError):

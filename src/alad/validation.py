@@ -189,19 +189,19 @@ def check_writable(path: str | os.PathLike, flag: str) -> None:
     _check_writable(Path(path), flag)
 
 
-def check_align_inputs(out: Path, config: Any, texts_given: bool = False) -> None:
-    """What ``align`` can check before loading a model: its run folder, the cache folder, --init, --corpus."""
+def check_align_inputs(out: Path, config: Any) -> None:
+    """What ``align`` can check before reading data or loading a model: its run folder, the cache folder
+    and (unless the run is finished and only its summary is returned) ``--init``."""
     from alad.models import cache_root
     from alad.run_folder import check_run_folder
 
     check_run_folder(out, "alignment_run")
     check_writable(Path(config.cache_dir) if config.cache_dir else cache_root() / "embeddings", "--cache-dir")
-    if config.init is not None and not Path(config.init).is_dir():
+    finished = (Path(out) / "summary.json").is_file()
+    if config.init is not None and not finished and not Path(config.init).is_dir():
         raise FileNotFoundError(
             f"--init {config.init} is not a folder; pass an adapter folder or an alignment run folder"
         )
-    if config.corpus and not texts_given and not Path(config.corpus).expanduser().exists():
-        raise FileNotFoundError(f"--corpus {config.corpus}: no such file or directory; check the path")
 
 
 def check_finetune_inputs(out: Path, config: Any) -> None:
@@ -209,6 +209,8 @@ def check_finetune_inputs(out: Path, config: Any) -> None:
     from alad.run_folder import check_run_folder
 
     check_run_folder(out, "finetune_run")
+    if (Path(out) / "metrics.json").is_file():
+        return  # a finished run is only read back
     if config.adapter and not Path(config.adapter).is_dir():
         raise FileNotFoundError(f"adapter folder not found: --adapter {config.adapter}; pass an adapter folder (w<K>)")
     if config.teacher and not (Path(config.teacher) / "model").is_dir():
