@@ -81,6 +81,17 @@ def _damaged_align(kind: str):
     return make
 
 
+def _corrupt_compressed(env: dict[str, Path]) -> Path:
+    from alad.compress import drop_layers
+
+    out = drop_layers(env["bert"], [0], env["tmp"] / "cut")
+    weights = out / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-2] ^= 0x10
+    weights.write_bytes(bytes(data))
+    return out
+
+
 def _single_sentence(env: dict[str, Path]) -> Path:
     path = env["tmp"] / "one.txt"
     path.write_text("-DOCSTART- -X- -X- O\n\nthe NN B-NP O\nTeacher NN B-NP B-PER\n\n", encoding="utf-8")
@@ -159,6 +170,8 @@ ROWS = [
     Row("align-out-user-folder", ALIGN + " --out {user}", "is not an alad run folder"),
     Row("align-out-finetune-run", ALIGN + " --out {ftrun}", "holds a fine-tuning run, not an alignment run"),
     Row("align-out-is-file", ALIGN + " --out {corpus}", "is a file, not a folder"),
+    Row("align-corrupt-student", ALIGN + " --student {cut} --out {out}", "do not match the SHA-256 alad recorded",
+        files={"cut": _corrupt_compressed}),
     Row("align-device-cuda", ALIGN + " --device cuda --out {out}", "device 'cuda' was asked for", needs_no_gpu=True),
     # ------------------------------------------------------------------------------------- finetune
     Row("finetune-lr-head-nan", FT + " --lr-head nan --out {out}", "--lr-head must be a finite number, got nan"),

@@ -403,3 +403,16 @@ def test_readme_says_what_the_code_does(capsys):
         main(["align", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "embedding cache folder (default ~/.cache/alad/embeddings; not a run setting)" in help_text
+
+
+def test_corrupt_weights_of_a_compressed_model_are_refused(bert_dir, tmp_path):
+    from alad.compress import drop_layers
+    from alad.models import load_encoder
+
+    out = drop_layers(bert_dir, [0], tmp_path / "cut")
+    weights = out / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-2] ^= 0x10
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtefactError, match="do not match the SHA-256 alad recorded"):
+        load_encoder(out)

@@ -200,6 +200,7 @@ def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
 def load_encoder(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> Encoder:
     """Load an encoder and its fast tokenizer, in eval mode, refusing decoders and slow tokenizers."""
     resolved = resolve_model(name_or_path)
+    verify_alad_model_folder(resolved)
     try:
         config = AutoConfig.from_pretrained(resolved)
     except OSError as err:
@@ -221,6 +222,31 @@ def load_encoder(name_or_path: str | os.PathLike, device: str | torch.device = "
         name=str(name_or_path),
         max_length=max_input_tokens(model, tokenizer),
     )
+
+
+def verify_alad_model_folder(path: str | os.PathLike) -> None:
+    """Check a model folder alad wrote against the SHA-256 it recorded: a ``compress`` output
+    (``alad_compression.json``) or a task model's ``encoder/`` (its ``task_config.json``)."""
+    from alad.serialization import ArtefactError, file_sha256, read_json
+
+    path = Path(path)
+    expected: dict[Path, str] = {}
+    if (path / "alad_compression.json").is_file():
+        record = read_json(path / "alad_compression.json", "compression record")
+        if isinstance(record, dict) and isinstance(record.get("weights_sha256"), str):
+            expected[path / "model.safetensors"] = record["weights_sha256"]
+    if path.name == "encoder" and (path.parent / "task_config.json").is_file():
+        header = read_json(path.parent / "task_config.json", "task model config")
+        sums = header.get("weights_sha256") if isinstance(header, dict) else None
+        for name, digest in (sums or {}).items():
+            if name.startswith("encoder/"):
+                expected[path.parent / name] = digest
+    for weights, digest in expected.items():
+        if weights.is_file() and file_sha256(weights) != digest:
+            raise ArtefactError(
+                f"model weights {weights} cannot be read (they do not match the SHA-256 alad recorded when it saved "
+                "them), so the file is corrupt or truncated; re-create it by rerunning the command that saved it"
+            )
 
 
 def model_fingerprint(model: PreTrainedModel) -> str:
