@@ -122,6 +122,8 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
             raise ValueError(f"{flag} must be a number, got {value!r} ({type(value).__name__})")
         return float(value)
     if base is str:
+        if isinstance(value, os.PathLike):  # a Path from Python is a path name like any other
+            value = os.fspath(value)
         if not isinstance(value, str):
             raise ValueError(f"{flag} must be a text, got {value!r} ({type(value).__name__})")
         if not value.strip() and not optional:
