@@ -416,3 +416,13 @@ def test_corrupt_weights_of_a_compressed_model_are_refused(bert_dir, tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(ArtefactError, match="do not match the SHA-256 alad recorded"):
         load_encoder(out)
+
+
+def test_runtime_errors_from_inside_torch_keep_their_traceback():
+    from alad.cli import user_error
+
+    try:
+        torch.zeros(2, 3) @ torch.zeros(2, 3)  # a shape bug inside torch
+    except RuntimeError as err:
+        assert user_error(err) is None
+    assert "lower --batch-size" in user_error(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))

@@ -409,8 +409,21 @@ def user_error(err: BaseException) -> str | None:
         if own is None and code is not None:
             return None  # an unexpected OS error: keep the traceback
     if isinstance(err, RuntimeError) and not isinstance(err, NotImplementedError):
-        return _one_line(str(err).splitlines()[0] if str(err) else type(err).__name__)
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "out of memory" in text.lower():
+            return _one_line(f"{text}; lower --batch-size (finetune) or --batch-tokens (align), or use --device cpu")
+        if not _raised_by_alad(err):
+            return None  # a RuntimeError from inside torch or transformers is a bug to see, with its traceback
+        return _one_line(text)
     return _one_line(str(err) or type(err).__name__)
+
+
+def _raised_by_alad(err: BaseException) -> bool:
+    """Whether ``err`` was raised by alad's own code (its last traceback frame is in this package)."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().parent == Path(__file__).resolve().parent
 
 
 def _one_line(text: str) -> str:
