@@ -126,8 +126,9 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
             value = os.fspath(value)
         if not isinstance(value, str):
             raise ValueError(f"{flag} must be a text, got {value!r} ({type(value).__name__})")
-        if not value.strip() and not optional:
-            hint = _MODEL_HINT if name in _MODEL_FIELDS else "give it a value"
+        if not value.strip():
+            hint = "give it a value" + (" or leave it out" if optional else "")
+            hint = _MODEL_HINT if name in _MODEL_FIELDS else hint
             raise ValueError(f"{flag} is empty; {hint}")
         return value
     return value
