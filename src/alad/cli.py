@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 import typing
@@ -16,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from alad.config_files import load_run_file
 from alad.serialization import ArtefactError
 
 logger = logging.getLogger("alad")
@@ -69,23 +69,6 @@ def _show(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(map(str, value))
     return str(value)
-
-
-def load_run_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON run configuration into a flat dict of option values."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        data = json.loads(text)
-    else:
-        import yaml
-
-        data = yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping of option names to values, got {type(data).__name__}")
-    return {k.replace("-", "_"): v for k, v in data.items()}
 
 
 def build_config(cls: type, args: argparse.Namespace) -> Any:
@@ -170,7 +153,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 def format_metrics(result: dict[str, Any]) -> str:
     """Headline metrics, parameters and (where measured) latency of one fine-tuning/evaluation."""
-    from alad.metrics import format_per_type_table
+    from alad.tasks import get_task
 
     lines = [
         f"{result['task']} ({result['mode']}) on {result['split']}: "
@@ -182,16 +165,7 @@ def format_metrics(result: dict[str, Any]) -> str:
             "CPU latency (median): "
             + ", ".join(f"batch {b}: {v['median_ms']:.1f} ms" for b, v in result["latency"].items())
         )
-    metrics = result["metrics"]
-    if result["task"] in ("ner", "pos"):
-        lines += ["", format_per_type_table(metrics)]
-    else:
-        base = metrics["no_answer_baseline"]
-        lines.append(
-            f"HasAns F1 {metrics.get('HasAns_f1', float('nan')):.2f}, NoAns F1 "
-            f"{metrics.get('NoAns_f1', float('nan')):.2f}; always-no-answer baseline: EM {base['exact']:.2f}, "
-            f"F1 {base['f1']:.2f}; best threshold F1 {metrics.get('best_f1', float('nan')):.2f}"
-        )
+    lines.append(get_task(result["task"]).format_details(result["metrics"]))
     return "\n".join(lines)
 
 
@@ -250,7 +224,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     command = f"alad run {args.config} --profile {args.profile}"
     command += (f" --pairs {args.pairs}" if args.pairs else "") + (f" --out {args.out}" if args.out else "")
     command += f" --device {args.device}" if args.device != "cpu" else ""
-    results = run_recipe(config, out, show_progress=not args.quiet, command=command, device=args.device)
+    command += f" --labels {args.labels}" if args.labels else ""
+    results = run_recipe(
+        config, out, show_progress=not args.quiet, command=command, device=args.device, labels=args.labels
+    )
     print(format_results(results))
     print(f"results: {Path(out) / 'results.md'}, {Path(out) / 'results.json'}, plots in {out}")
     return 0
@@ -330,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--profile", default="quick", help="quick or full (default: quick)")
     p_run.add_argument("--out", help="run folder (default: runs/<config>-<profile>)")
     p_run.add_argument("--pairs", help="only these student-teacher pairs of the config, by name (comma-separated)")
+    p_run.add_argument(
+        "--labels",
+        help="label budgets of stage 3 and the baselines, e.g. 100,300,1000,2000 or all; the teacher and the "
+        "alignment are reused across budgets (default: the config's labels, else its max_train)",
+    )
     p_run.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_device_argument(p_run)
     p_run.set_defaults(func=_cmd_run)
