@@ -41,7 +41,15 @@ def run_cli(args) -> tuple[int, str, str]:
 
 def align_args(bert_dir, roberta_dir, corpus, tmp_path, out):
     return ["align", "--student", bert_dir, "--teacher", roberta_dir, "--corpus", corpus, "--windows", "1"] + [
-        "--epochs", "1", "--hidden-size", "8", "--cache-dir", tmp_path / "cache", "--out", out, "--quiet"
+        "--epochs",
+        "1",
+        "--hidden-size",
+        "8",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--out",
+        out,
+        "--quiet",
     ]
 
 
@@ -161,15 +169,15 @@ def test_single_file_finetune_states_the_split(bert_dir, tmp_path):
 
 
 def test_nan_loss_stops_finetune_with_the_step_and_saves_nothing(bert_dir, tmp_path, monkeypatch):
-    real = finetuning_module.task_loss
+    real = finetuning_module.training_loss
     calls = {"n": 0}
 
-    def poisoned(model, batch):
+    def poisoned(*args):
         calls["n"] += 1
-        loss = real(model, batch)
+        loss = real(*args)
         return loss * float("nan") if calls["n"] >= 2 else loss
 
-    monkeypatch.setattr(finetuning_module, "task_loss", poisoned)
+    monkeypatch.setattr(finetuning_module, "training_loss", poisoned)
     ner = write_ner_data(tmp_path / "ner")
     out = tmp_path / "run"
     code, _, err = run_cli(
@@ -337,12 +345,12 @@ def test_a_failed_finetune_does_not_block_its_corrected_rerun(bert_dir, tmp_path
     code, _, err = run_cli([*base, "--data", f"conll2003:{bad_dev}"])
     assert code == 2 and "B-XYZ" in err, err
     assert not out.exists()  # bad data is found before anything is written
-    real = finetuning_module.task_loss
-    monkeypatch.setattr(finetuning_module, "task_loss", lambda model, batch: real(model, batch) * float("nan"))
+    real = finetuning_module.training_loss
+    monkeypatch.setattr(finetuning_module, "training_loss", lambda *args: real(*args) * float("nan"))
     code, _, err = run_cli([*base, "--data", f"conll2003:{ner}", "--lr-head", "5"])
     assert code == 2 and "the loss became nan at step 1" in err
     assert (out / "finetune_config.json").is_file()  # the failed run's config is left behind ...
-    monkeypatch.setattr(finetuning_module, "task_loss", real)
+    monkeypatch.setattr(finetuning_module, "training_loss", real)
     code, _, err = run_cli([*base, "--data", f"conll2003:{ner}"])  # ... and does not refuse the corrected rerun
     assert code == 0, err
     assert json.loads((out / "finetune_config.json").read_text())["config"]["lr_head"] == 0.001

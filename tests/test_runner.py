@@ -47,14 +47,16 @@ def test_recipe_rows(recipe_run):
     names = [r["name"] for r in rows]
     assert names == [
         TEACHER,
+        "AlAd w1, teacher-head",
         STUDENT_FROZEN,
         STUDENT_JOINT,
-        *[f"AlAd w1, {mode}" for mode in MODES],
+        *[f"AlAd w1, {mode}" for mode in MODES if mode != "teacher-head"],
         "random-init adapter w1, frozen",
         "random-init adapter w1, joint",
     ]
-    assert [r["kind"] for r in rows] == ["teacher", "student", "student"] + ["alad"] * 4 + ["random"] * 2
+    assert [r["kind"] for r in rows] == ["teacher", "alad", "student", "student"] + ["alad"] * 3 + ["random"] * 2
     assert all(r["pair"] == "tiny" for r in rows)
+    assert [r["labels"] for r in rows] == [None, 0] + [20] * 7
     for row in rows:
         assert row["params"] > 0 and row["latency_ms_b1"] > 0 and row["latency_ms_b32"] > 0, row["name"]
         assert row["main"] == row["micro_f1"] and 0.0 <= row["main"] <= 100.0
@@ -71,7 +73,7 @@ def test_recipe_rows(recipe_run):
     assert pair["teacher_score"] == teacher["main"]
     assert pair["student_scores"] == {"frozen": student["main"], "joint": by_name[STUDENT_JOINT]["main"]}
     assert set(pair["alignment_cosine"]) == {"1"}
-    for row in rows[3:]:
+    for row in rows[1:2] + rows[4:]:
         assert -1.0 <= row["cosine_to_teacher"] <= 1.0
         assert (
             "recovery" in row
@@ -95,7 +97,8 @@ def test_recipe_files(recipe_run):
     markdown = (run / "results.md").read_text()
     assert markdown.startswith("# NER results, profile quick")
     assert "## tiny:" in markdown and "| AlAd w1, teacher-head |" in markdown
-    assert markdown.count("\n| ") == 1 + len(results["rows"])  # header, one line per row
+    # the alignment table (header, stage 1, stage 2), then the rows table (header, one line per row)
+    assert markdown.count("\n| ") == 3 + 1 + len(results["rows"])
     assert "\n|---|---|" in markdown
     for png in ("metric_vs_params.png", "metric_vs_latency.png"):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -104,7 +107,13 @@ def test_recipe_files(recipe_run):
     warned = pair["teacher_score"] <= pair["student_scores"]["joint"]
     assert ("TEACHER DOES NOT BEAT THE STUDENT" in markdown) == warned
     # stages and baselines each have their own folder; the compressed student and teacher are shared
-    for sub in ("stage1/w1", "stage2/w1", "random-w1", "student-frozen/model", "alad-w1-teacher-head/model"):
+    for sub in (
+        "stage1/w1",
+        "stage2/w1",
+        "random-w1",
+        "labels-20/student-frozen/model",
+        "labels-20/alad-w1-teacher-head/model",
+    ):
         assert (run / "tiny" / sub).is_dir(), sub
     student = folder / "models"
     [compressed] = list(student.iterdir())
@@ -157,7 +166,8 @@ def _rows(teacher: float, frozen: float, joint: float) -> list[dict]:
     ]
     for row in rows:
         row.update(pair="p", micro_f1=row["main"], macro_f1=row["main"], params=1_000_000, params_trained=0)
-        row.update(latency_ms_b1=1.0, latency_ms_b32=5.0)
+        row.update(latency_ms_b1=1.0, latency_ms_b32=5.0, labels=20)
+    rows[0]["labels"], rows[5]["labels"] = None, 0  # the teacher and teacher-head read no student label
     return rows
 
 
@@ -167,12 +177,23 @@ def _results(rows: list[dict], pair: dict) -> dict:
     return {"task": "ner", "profile": "quick", "config": {}, "data": info, "pairs": [pair], "rows": rows}
 
 
-SUMMARY2 = {"windows": {"3": {"val_cosine": 0.75}}}
+ALIGNMENT = {
+    "summaries": {
+        "stage2": {
+            "num_texts": 30,
+            "epochs_run": 4,
+            "max_epochs": 10,
+            "windows": {"3": {"val_cosine": 0.75, "best_epoch": 3}},
+            "mean_predictor": {"cosine": 0.5},
+        }
+    },
+    "chosen": {"3": "stage2"},
+}
 
 
 def test_summary_recovery_share_and_gain():
     rows = _rows(teacher=80.0, frozen=50.0, joint=60.0)
-    pair = _summarise_pair("p", "student", "teacher", rows, SUMMARY2, "ner")
+    pair = _summarise_pair("p", "student", "teacher", rows, ALIGNMENT, 20)
     assert pair["warnings"] == [] and pair["teacher_score"] == 80.0
     assert pair["student_scores"] == {"frozen": 50.0, "joint": 60.0} and pair["alignment_cosine"] == {"3": 0.75}
     by_name = {r["name"]: r for r in rows}
@@ -185,13 +206,14 @@ def test_summary_recovery_share_and_gain():
     assert "recovery" not in by_name[TEACHER] and "share_of_teacher" not in by_name["AlAd w3, frozen"]
     markdown = format_results(_results(rows, pair))
     assert "WARNING" not in markdown
-    assert "| AlAd w3, frozen | 65.00 | 65.00 | 1.00M | 0 | 1.0 | 5.0 |  | 50% | 10.00 |  |" in markdown
+    assert "| AlAd w3, frozen | 65.00 | 65.00 | 1.00M | 0 |  | 1.00 | 5.00 |  | 50% | 10.00 |  |" in markdown
+    assert "| stage2 | 30 | 4 / 10 | w3 0.7500 | 0.5000 | w3 |" in markdown
     assert "| AlAd w3, teacher-head |" in markdown and "| -33% |" in markdown
 
 
 def test_teacher_not_better_warning(capsys):
     rows = _rows(teacher=58.0, frozen=50.0, joint=60.0)
-    pair = _summarise_pair("p", "student", "teacher", rows, SUMMARY2, "ner")
+    pair = _summarise_pair("p", "student", "teacher", rows, ALIGNMENT, 20)
     [warning] = pair["warnings"]
     assert warning.startswith("TEACHER DOES NOT BEAT THE STUDENT: teacher 58.00 <= fully fine-tuned student 60.00")
     assert "!!! p: TEACHER DOES NOT BEAT THE STUDENT" in capsys.readouterr().out
@@ -202,7 +224,7 @@ def test_teacher_not_better_warning(capsys):
     assert f"**WARNING: {warning}**" in markdown
     # an equal score is no better either
     rows = _rows(teacher=60.0, frozen=50.0, joint=60.0)
-    assert len(_summarise_pair("p", "s", "t", rows, SUMMARY2, "ner")["warnings"]) == 1
+    assert len(_summarise_pair("p", "s", "t", rows, ALIGNMENT, 20)["warnings"]) == 1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -240,10 +262,10 @@ def test_qa_recipe_aligns_on_question_context_pairs(bert_dir, sentences, tmp_pat
     names = [r["name"] for r in results["rows"]]
     assert names == [
         TEACHER,
+        "AlAd w1, teacher-head",
         STUDENT_FROZEN,
         STUDENT_JOINT,
         "AlAd w1, frozen",
-        "AlAd w1, teacher-head",
         "random-init adapter w1, frozen",
     ]
     for row in results["rows"]:
@@ -318,10 +340,111 @@ def test_qa_teacher_below_the_no_answer_baseline_is_flagged(capsys):
     rows = _rows(teacher=49.0, frozen=50.7, joint=46.4)
     for row in rows:
         row["no_answer_baseline"] = {"exact": 50.7, "f1": 50.7}
-    pair = _summarise_pair("p", "student", "teacher", rows, SUMMARY2, "qa")
+    pair = _summarise_pair("p", "student", "teacher", rows, ALIGNMENT, 20)
     [warning] = pair["warnings"]
     assert warning.startswith("TEACHER DOES NOT BEAT ALWAYS ANSWERING 'NO ANSWER': teacher F1 49.00 <= 50.70")
     assert "!!! p: TEACHER DOES NOT BEAT ALWAYS ANSWERING" in capsys.readouterr().out
     for row in rows:
         row["no_answer_baseline"] = {"exact": 40.0, "f1": 40.0}
-    assert _summarise_pair("p", "student", "teacher", rows, SUMMARY2, "qa")["warnings"] == []
+    assert _summarise_pair("p", "student", "teacher", rows, ALIGNMENT, 20)["warnings"] == []
+
+
+# --------------------------------------------------------------------------------------------------
+# label budgets, distillation, stage-1 comparison and stage-3 settings
+
+
+@pytest.fixture(scope="module")
+def sweep_run(bert_dir, sentences, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep")
+    path = write_recipe(
+        folder,
+        bert_dir,
+        sentences,
+        labels=[5, 20],
+        compare_stage1=True,
+        kd={"kd_weight": 0.5, "kd_temperature": 2.0, "kd_max_texts": 25},
+        finetune={"min_steps": 4},
+        stage3_compare={"modes": ["frozen"], "variants": {"aux loss": {"align_weight": 1.0}}},
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ALAD_CACHE", str(folder / "cache"))
+        patch.setattr(latency_module, "gc", NO_GC)
+        results = run_recipe(load_run_config(path, "quick"), folder / "run", show_progress=False)
+    return folder, results
+
+
+def test_sweep_rows_per_budget(sweep_run):
+    folder, results = sweep_run
+    rows = results["rows"]
+    assert results["labels"] == [5, 20] and results["main_labels"] == 20
+    by_budget = {}
+    for row in rows:
+        by_budget.setdefault(row["labels"], []).append(row["name"])
+    expected = {
+        "student alone, frozen + head",
+        "student alone, full fine-tuning",
+        "student + KD, frozen + head",
+        "student + KD, full fine-tuning",
+        "AlAd w1, frozen",
+        "AlAd w1, joint",
+        "random-init adapter w1, frozen",
+        "AlAd w1 + KD, frozen",
+        "AlAd w1 + KD, joint",
+    }
+    assert set(by_budget[5]) == expected  # the sweep rows
+    assert expected | {"AlAd w1, head-only", "random-init adapter w1, joint"} <= set(by_budget[20])
+    # teacher-head reads no student label: one row, labels 0; the teacher: labels None
+    assert "AlAd w1, teacher-head" in by_budget[0] and by_budget[None] == [TEACHER]
+    # KD rows read unlabelled items (labelled first, up to kd_max_texts), the others none
+    for row in rows:
+        if "KD" in row["name"]:
+            assert row["unlabelled_items"] == 25 - row["labels"], row["name"]
+        elif row["kind"] != "teacher":
+            assert row["unlabelled_items"] == 0, row["name"]
+    # recovery and gain over random are taken against the same budget
+    students = {(r["labels"], r["mode"]): r["main"] for r in rows if r["kind"] == "student"}
+    for row in rows:
+        if row["kind"] == "alad" and row["mode"] == "frozen":
+            assert row["student_same_mode"] == students[(row["labels"], "frozen")]
+
+
+def test_sweep_compares_stage1_and_stage3_settings(sweep_run):
+    folder, results = sweep_run
+    pair = results["pairs"][0]
+    alignment = pair["alignment"]
+    assert set(alignment) == {"stage1", "stage2", "stage2-scratch", "chosen"}
+    for stage in ("stage2", "stage2-scratch"):
+        assert alignment[stage]["num_texts"] == 30  # all training text, not the 20 labelled items
+    cosines = {s: alignment[s]["val_cosine"]["1"] for s in ("stage2", "stage2-scratch")}
+    assert alignment["chosen"]["1"] == max(cosines, key=cosines.get)
+    assert pair["alignment_cosine"]["1"] == max(cosines.values())
+    variants = [r for r in results["rows"] if r["kind"] == "variant"]
+    assert {r["variant"] for r in variants} == {"after stage 1", "from scratch", "aux loss"}
+    markdown = (folder / "run" / "results.md").read_text()
+    assert "### micro_f1 at every label budget" in markdown and "### Stage 3 settings compared" in markdown
+    assert (folder / "run" / "metric_vs_labels.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_label_budgets_are_checked_before_any_work(bert_dir, sentences, tmp_path):
+    path = write_recipe(tmp_path, bert_dir, sentences)
+    config = load_run_config(path, "quick")
+    with pytest.raises(ValueError, match="larger than the training split"):
+        run_recipe(config, tmp_path / "run", show_progress=False, labels="10,5000")
+    with pytest.raises(ValueError, match="positive integers or 'all'"):
+        run_recipe(config, tmp_path / "run", show_progress=False, labels="10,-3")
+    bad_kd = {**config, "kd": {"kd_weight": 0.5, "kd_temperature": 0}}
+    with pytest.raises(ValueError, match="kd_temperature must be a positive number"):
+        run_recipe(bad_kd, tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"), [(b"", "holds no text"), (b"\n  \n", "holds no text"), (b"\xff\xfe bad", "is not UTF-8")]
+)
+def test_extra_text_files_are_checked(tmp_path, content, message):
+    from alad.runner import read_extra_texts
+
+    path = tmp_path / "extra.txt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        read_extra_texts(path)

@@ -90,7 +90,15 @@ class AlignConfig:
         },
     )
     loss: str = field(default="mse", metadata={"help": "mse or cosine"})
-    epochs: int = field(default=10, metadata={"help": "passes over the training split"})
+    epochs: int = field(default=10, metadata={"help": "passes over the training split (the most, with --patience)"})
+    patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "stop once no window's held-out cosine has improved by min_delta for this many epochs "
+            "(None: run all epochs)"
+        },
+    )
+    min_delta: float = field(default=1e-4, metadata={"help": "smallest held-out cosine gain that counts (patience)"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps with linear warm-up, then linear decay"})
@@ -117,6 +125,8 @@ class AlignConfig:
             raise ValueError("epochs and batch_tokens must be >= 1")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
         if self.max_texts is not None and self.max_texts < 2:
             raise ValueError("max_texts must be at least 2 (one to train on, one to validate)")
 
@@ -477,7 +487,13 @@ def align(
         description=f"aligning w{','.join(map(str, trainers))}",
         show_progress=show_progress,
     )
-    if not loop.run(train_step, end_epoch):
+
+    def converged() -> bool:
+        return config.patience is not None and all(
+            stalled_epochs(t.history, config.min_delta) >= config.patience for t in trainers.values()
+        )
+
+    if not loop.run(train_step, end_epoch, converged):
         return {"interrupted_at_step": loop.step}
 
     summary = _summarise(config, trainers, extra)
@@ -489,6 +505,17 @@ def align(
     plot_history(summary, out / "alignment_curves.png")
     remove_own_files(out, CHECKPOINT_DIR, ["state.pt"])  # only what alad put there
     return summary
+
+
+def stalled_epochs(history: Sequence[dict[str, Any]], min_delta: float) -> int:
+    """Epochs since the held-out cosine last rose by more than ``min_delta`` over its best so far."""
+    best, since = float("-inf"), 0
+    for entry in history:
+        if entry["val_cosine"] > best + min_delta:
+            best, since = entry["val_cosine"], 0
+        else:
+            since += 1
+    return since
 
 
 def _check_same_run(out: Path, config: AlignConfig, texts_sha256: str | None) -> None:
@@ -517,6 +544,9 @@ def _summarise(config: AlignConfig, trainers: dict[int, _Trainer], extra: dict) 
         "student": config.student,
         "teacher": config.teacher,
         **{k: v for k, v in extra.items() if k != "initial"},
+        "max_epochs": config.epochs,
+        "patience": config.patience,
+        "epochs_run": max(len(t.history) for t in trainers.values()),
         "windows": {
             str(w): {
                 "params": t.adapter.num_parameters(),
@@ -535,9 +565,15 @@ def _summarise(config: AlignConfig, trainers: dict[int, _Trainer], extra: dict) 
 def format_summary(summary: dict[str, Any]) -> str:
     """A markdown table of held-out cosine before and after alignment, per window."""
     mean = summary["mean_predictor"]
+    epochs = summary.get("epochs_run")
+    stop = ""
+    if epochs is not None:
+        stop = f"; ran {epochs} of at most {summary['max_epochs']} epochs"
+        if summary.get("patience"):
+            stop += f" (patience {summary['patience']})"
     lines = [
         f"Alignment of {summary['student']} -> {summary['teacher']}: {summary['num_train']} train / "
-        f"{summary['num_val']} held-out texts ({summary['val_tokens']} held-out tokens)",
+        f"{summary['num_val']} held-out texts ({summary['val_tokens']} held-out tokens){stop}",
         "",
         "| window | params | cosine before | cosine after | MSE before | MSE after | best epoch |",
         "|---|---|---|---|---|---|---|",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
-import json
 import logging
 import os
 import sys
@@ -18,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from alad.config_files import load_run_file
 from alad.serialization import ArtefactError
 
 logger = logging.getLogger("alad")
@@ -71,35 +71,6 @@ def _show(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(map(str, value))
     return str(value)
-
-
-def load_run_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON run configuration into a flat dict of option values."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text ({err.reason}); save the config file as UTF-8") from err
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); fix the syntax there") from err
-    else:
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark is not None else ""
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise ValueError(f"{path}{where}: not valid YAML ({problem}); fix the syntax there") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping of option names to values, got {type(data).__name__}")
-    return {k.replace("-", "_"): v for k, v in data.items()}
 
 
 def build_config(cls: type, args: argparse.Namespace) -> Any:
@@ -199,7 +170,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 def format_metrics(result: dict[str, Any]) -> str:
     """Headline metrics, parameters and (where measured) latency of one fine-tuning/evaluation."""
-    from alad.metrics import format_per_type_table
+    from alad.tasks import get_task
 
     lines = [
         f"{result['task']} ({result['mode']}) on {result['split']}: "
@@ -211,16 +182,7 @@ def format_metrics(result: dict[str, Any]) -> str:
             "CPU latency (median): "
             + ", ".join(f"batch {b}: {v['median_ms']:.1f} ms" for b, v in result["latency"].items())
         )
-    metrics = result["metrics"]
-    if result["task"] in ("ner", "pos"):
-        lines += ["", format_per_type_table(metrics)]
-    else:
-        base = metrics["no_answer_baseline"]
-        lines.append(
-            f"HasAns F1 {metrics.get('HasAns_f1', float('nan')):.2f}, NoAns F1 "
-            f"{metrics.get('NoAns_f1', float('nan')):.2f}; always-no-answer baseline: EM {base['exact']:.2f}, "
-            f"F1 {base['f1']:.2f}; best threshold F1 {metrics.get('best_f1', float('nan')):.2f}"
-        )
+    lines.append(get_task(result["task"]).format_details(result["metrics"]))
     return "\n".join(lines)
 
 
@@ -271,10 +233,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from alad.models import resolve_device
-    from alad.run_folder import check_path_name, check_run_folder, claim_run_folder
-    from alad.runner import format_results, load_run_config, run_recipe
-    from alad.validation import check_recipe
+    from alad.run_folder import check_path_name
+    from alad.runner import check_recipe, format_results, load_run_config, run_recipe
 
     wanted = [name.strip() for name in args.pairs.split(",") if name.strip()] if args.pairs else None
     config = load_run_config(args.config, args.profile, wanted)
@@ -282,13 +242,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.out:
         check_path_name(args.profile, "profile name")
     out = args.out or f"runs/{Path(args.config).stem}-{args.profile}"
-    check_run_folder(out, "recipe_run")
-    resolve_device(args.device)
-    claim_run_folder(out, "recipe_run")
     command = f"alad run {args.config} --profile {args.profile}"
     command += (f" --pairs {args.pairs}" if args.pairs else "") + (f" --out {args.out}" if args.out else "")
     command += f" --device {args.device}" if args.device != "cpu" else ""
-    results = run_recipe(config, out, show_progress=not args.quiet, command=command, device=args.device)
+    command += f" --labels {args.labels}" if args.labels else ""
+    results = run_recipe(
+        config, out, show_progress=not args.quiet, command=command, device=args.device, labels=args.labels
+    )
     print(format_results(results))
     print(f"results: {Path(out) / 'results.md'}, {Path(out) / 'results.json'}, plots in {out}")
     return 0
@@ -368,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--profile", default="quick", help="quick or full (default: quick)")
     p_run.add_argument("--out", help="run folder (default: runs/<config>-<profile>)")
     p_run.add_argument("--pairs", help="only these student-teacher pairs of the config, by name (comma-separated)")
+    p_run.add_argument(
+        "--labels",
+        help="label budgets of stage 3 and the baselines, e.g. 100,300,1000,2000 or all; the teacher and the "
+        "alignment are reused across budgets (default: the config's labels, else its max_train)",
+    )
     p_run.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_device_argument(p_run)
     p_run.set_defaults(func=_cmd_run)

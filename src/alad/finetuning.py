@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import random
 import time
@@ -19,11 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn import functional as F
-from tqdm.auto import tqdm
 
-from alad.alignment import warmup_linear_decay
-from alad.metrics import ner_metrics, no_answer_baseline, pos_metrics, squad_v2_metrics
+from alad.alignment import alignment_loss, warmup_linear_decay
 from alad.models import MINILM, resolve_device
 from alad.run_folder import claim_run_folder
 from alad.serialization import (
@@ -36,14 +34,7 @@ from alad.serialization import (
 )
 from alad.task_data import DataSource, disjoint_splits, seeded_subset
 from alad.task_models import MODES, AladTaskModel, build_task_model
-from alad.tasks import (
-    IGNORE_INDEX,
-    check_labels,
-    collate_token_features,
-    decode_token_predictions,
-    label_vocabulary,
-    prepare_token_features,
-)
+from alad.tasks import TASKS, Task, get_task, predict_tags  # noqa: F401  (predict_tags: re-exported)
 from alad.training_loop import ResumableLoop, optimizer_step, rng_state, set_rng_state
 from alad.validation import check_finetune_inputs, check_finite_parameters, validate_finetune_config
 
@@ -61,7 +52,7 @@ HEAD_INITS = ("random", "teacher")
 class FinetuneConfig:
     """Settings of one task fine-tuning run; saved as ``finetune_config.json``."""
 
-    task: str = field(default="ner", metadata={"help": "pos, ner or qa"})
+    task: str = field(default="ner", metadata={"help": "a registered task: pos, ner or qa"})
     student: str = field(default=MINILM, metadata={"help": "encoder to fine-tune: packaged name, folder or hub id"})
     adapter: str | None = field(default=None, metadata={"help": "alignment adapter folder (none: plain encoder)"})
     teacher: str | None = field(
@@ -85,6 +76,10 @@ class FinetuneConfig:
         default=0, metadata={"help": "qa: whole dev articles moved into training; the rest is evaluated"}
     )
     epochs: int = field(default=3, metadata={"help": "passes over the training subset"})
+    min_steps: int = field(
+        default=0,
+        metadata={"help": "at least this many optimiser steps: small label budgets get more epochs (0: off)"},
+    )
     batch_size: int = field(default=16, metadata={"help": "sentences (or QA windows) per batch"})
     lr_encoder: float = field(default=1e-4, metadata={"help": "peak learning rate of the encoder"})
     lr_head: float = field(default=1e-3, metadata={"help": "peak learning rate of the task head"})
@@ -94,6 +89,28 @@ class FinetuneConfig:
     warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps with linear warm-up"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0: off)"})
+    kd_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "knowledge distillation from --teacher: loss = w * KD + (1 - w) * cross-entropy on the labels; "
+            "KD also reads unlabelled training items (their labels are never read); 0: off"
+        },
+    )
+    kd_temperature: float = field(default=2.0, metadata={"help": "softmax temperature of distillation (> 0)"})
+    kd_max_texts: int | None = field(
+        default=None,
+        metadata={
+            "help": "items of the training split that distillation reads, labelled ones first, then unlabelled "
+            "ones in a fixed seeded order (None: the whole split)"
+        },
+    )
+    align_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "auxiliary alignment loss: task loss + w * MSE(adapter output, teacher states) on each batch, "
+            "so training on labels keeps the adapter aligned (needs --adapter and --teacher); 0: off"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed of subsets, batching, head init and dropout"})
     checkpoint_every: int = field(default=100, metadata={"help": "checkpoint every N steps (0: epoch ends only)"})
     max_length: int = field(default=384, metadata={"help": "qa: tokens per question+context window"})
@@ -101,8 +118,8 @@ class FinetuneConfig:
     max_answer_length: int = field(default=30, metadata={"help": "qa: longest answer span in tokens"})
 
     def __post_init__(self) -> None:
-        if self.task not in ("pos", "ner", "qa"):
-            raise ValueError(f"task must be pos, ner or qa, got {self.task!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {sorted(TASKS)}, got {self.task!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.mode in ("head-only", "teacher-head") and not self.adapter:
@@ -111,6 +128,25 @@ class FinetuneConfig:
             raise ValueError("mode 'teacher-head' needs --teacher, the fine-tuned teacher's run folder")
         if self.head_init not in HEAD_INITS:
             raise ValueError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
+        if not 0.0 <= self.kd_weight <= 1.0:
+            raise ValueError(f"kd_weight must be in [0, 1], got {self.kd_weight}")
+        if not (math.isfinite(self.kd_temperature) and self.kd_temperature > 0):
+            raise ValueError(f"kd_temperature must be a positive number, got {self.kd_temperature}; try 2")
+        if self.kd_weight > 0:
+            if not self.teacher:
+                raise ValueError("kd_weight > 0 needs --teacher, the fine-tuned teacher's run folder")
+            if not get_task(self.task).supports_distillation:
+                raise ValueError(f"knowledge distillation is not implemented for task {self.task}; set kd_weight 0")
+            if self.mode not in ("frozen", "joint"):
+                raise ValueError(f"knowledge distillation trains in frozen or joint mode, not {self.mode!r}")
+        if self.kd_max_texts is not None and self.kd_max_texts < 1:
+            raise ValueError(f"kd_max_texts must be >= 1 or None, got {self.kd_max_texts}")
+        if not (math.isfinite(self.align_weight) and self.align_weight >= 0):
+            raise ValueError(f"align_weight must be >= 0, got {self.align_weight}")
+        if self.align_weight > 0 and not (self.adapter and self.teacher):
+            raise ValueError("align_weight > 0 needs --adapter (what is kept aligned) and --teacher (its states)")
+        if self.min_steps < 0:
+            raise ValueError(f"min_steps must be >= 0, got {self.min_steps}")
         if self.head_init == "teacher" and not (self.adapter and self.teacher):
             raise ValueError(
                 "head_init 'teacher' needs --adapter (its output is in the teacher's space) and --teacher "
@@ -121,11 +157,47 @@ class FinetuneConfig:
 
 @dataclass
 class TaskSplits:
-    """Training and evaluation items of a run, and how they were chosen (written beside results)."""
+    """Training and evaluation items of a run, and how they were chosen (written beside results).
+
+    ``pool`` is the whole training split and ``order`` a fixed seeded order of it that starts with the
+    labelled items (``train``): a label budget of n takes ``order[:n]`` (so smaller budgets are
+    subsets of larger ones), and the items after the budget are the unlabelled text.
+    """
 
     train: list
     eval: list
     info: dict[str, Any]
+    pool: list = field(default_factory=list)
+    order: list[int] = field(default_factory=list)
+
+    def with_budget(self, labels: int | str | None) -> TaskSplits:
+        """The same split with the first ``labels`` items of ``order`` labelled (``all``/None: every item)."""
+        total = len(self.pool)
+        n = total if labels in (None, "all") else int(labels)
+        if n < 1 or n > total:
+            raise ValueError(
+                f"label budget {labels} is outside 1..{total}, the size of the training split "
+                f"({self.info.get('train_file')}); pass a smaller budget or 'all'"
+            )
+        chosen = sorted(self.order[:n])
+        info = {**self.info, "train_items": n}
+        return TaskSplits([self.pool[i] for i in chosen], self.eval, info, self.pool, self.order)
+
+    def unlabelled(self, limit: int | None = None) -> list:
+        """Training items outside the labelled budget, in ``order``, up to ``limit`` items read in all."""
+        end = len(self.order) if limit is None else max(len(self.train), min(limit, len(self.order)))
+        return [self.pool[i] for i in self.order[len(self.train) : end]]
+
+
+def budget_order(total: int, labelled: Sequence[int], seed: int) -> list[int]:
+    """A seeded order of ``range(total)``: the labelled indices first (shuffled), then the others."""
+    rng = random.Random(seed + 101)
+    first = list(labelled)
+    chosen = set(first)
+    rest = [i for i in range(total) if i not in chosen]
+    rng.shuffle(first)
+    rng.shuffle(rest)
+    return first + rest
 
 
 def load_splits(config: FinetuneConfig) -> TaskSplits:
@@ -142,14 +214,12 @@ def load_splits(config: FinetuneConfig) -> TaskSplits:
     )
     if single is not None:  # one file: disjoint parts by seed, never evaluated on training items
         info["single_file_split"] = single
-    if config.task == "qa" and config.squad_dev_articles_to_train:
-        from alad.qa import split_squad_by_article
-
-        train_all, eval_all, split_info = split_squad_by_article(
-            train_all, eval_all, config.squad_dev_articles_to_train, config.seed
-        )
-        info["article_split"] = split_info
-    train = seeded_subset(train_all, config.max_train, config.seed)
+    train_all, eval_all, split_info = get_task(config.task).split_pool(train_all, eval_all, config)
+    info.update(split_info)
+    if not train_all:
+        raise ValueError(f"no training items in {info['train_file']}")
+    indices = seeded_subset(list(range(len(train_all))), config.max_train, config.seed)
+    train = [train_all[i] for i in indices]
     evaluation = seeded_subset(eval_all, config.max_eval, config.seed + 1)
     info.update(
         {
@@ -159,9 +229,7 @@ def load_splits(config: FinetuneConfig) -> TaskSplits:
             "eval_available": len(eval_all),
         }
     )
-    if not train:
-        raise ValueError(f"no training items in {info['train_file']}")
-    return TaskSplits(train, evaluation, info)
+    return TaskSplits(train, evaluation, info, list(train_all), budget_order(len(train_all), indices, config.seed))
 
 
 def length_bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int) -> list[list[int]]:
@@ -178,34 +246,19 @@ def length_bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int) 
     return batches
 
 
-def _features(model: AladTaskModel, items: Sequence, config: FinetuneConfig) -> list:
-    if model.config.task == "qa":
-        from alad.qa import prepare_qa_features
-
-        return prepare_qa_features(
-            items, model.tokenizer, max_length=min(config.max_length, model.max_length), doc_stride=config.doc_stride
-        )
-    label_to_id = {label: i for i, label in enumerate(model.config.labels)}
-    return prepare_token_features(items, model.tokenizer, label_to_id, model.max_length)
-
-
-def _collate(model: AladTaskModel, features: Sequence) -> dict[str, torch.Tensor]:
-    pad = model.tokenizer.pad_token_id or 0
-    if model.config.task == "qa":
-        from alad.qa import collate_qa
-
-        return collate_qa(features, pad)
-    return collate_token_features(features, pad)
-
-
-def task_loss(model: AladTaskModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    logits = model(batch["input_ids"], batch["attention_mask"])
-    if model.config.task == "qa":
-        start, end = logits[..., 0], logits[..., 1]
-        masked = batch["attention_mask"] == 0
-        start, end = start.masked_fill(masked, -1e4), end.masked_fill(masked, -1e4)
-        return (F.cross_entropy(start, batch["start_positions"]) + F.cross_entropy(end, batch["end_positions"])) / 2
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1), ignore_index=IGNORE_INDEX)
+def training_loss(
+    model: AladTaskModel, task: Task, batch: dict[str, torch.Tensor], config: FinetuneConfig
+) -> torch.Tensor:
+    """Task cross-entropy, mixed with distillation (``kd_weight``), plus the auxiliary alignment loss."""
+    states = model.token_states(batch["input_ids"], batch["attention_mask"])
+    logits = model.head(model.dropout(states))
+    loss = task.loss(logits, batch)
+    if config.kd_weight > 0:
+        kd = task.distillation_loss(logits, batch, config.kd_temperature)
+        loss = (1 - config.kd_weight) * loss + config.kd_weight * kd
+    if config.align_weight > 0 and "align_targets" in batch:
+        loss = loss + config.align_weight * alignment_loss(states, batch["align_targets"], batch["align_mask"])
+    return loss
 
 
 def _optimizer(model: AladTaskModel, config: FinetuneConfig) -> torch.optim.Optimizer:
@@ -233,9 +286,11 @@ def train_task_model(
     """Train the parameters the model's mode leaves trainable; resumable through ``checkpoint_path``."""
     if not model.trainable_parameter_names():
         return {"steps": 0, "final_loss": None}
+    task = get_task(model.config.task)
     lengths = [len(f.input_ids) for f in features]
+    epochs = epochs_for(len(length_bucketed_batches(lengths, config.batch_size, config.seed)), config)
     loop = ResumableLoop(
-        config.epochs,
+        epochs,
         lambda epoch: length_bucketed_batches(lengths, config.batch_size, config.seed + epoch),
         lambda epoch, batch, step: save(epoch, batch, step),
         checkpoint_every=config.checkpoint_every,
@@ -281,8 +336,8 @@ def train_task_model(
     device = next(model.parameters()).device
 
     def train_step(batch_indices: list[int]) -> dict[str, str]:
-        batch = _collate(model, [features[i] for i in batch_indices])
-        loss = task_loss(model, {name: value.to(device) for name, value in batch.items()})
+        batch = task.collate(model, [features[i] for i in batch_indices])
+        loss = training_loss(model, task, {name: value.to(device) for name, value in batch.items()}, config)
         optimizer_step(loss, optimizer, scheduler, [p for p in model.parameters() if p.requires_grad], config.grad_clip)
         losses.append(round(loss.item(), 5))
         return {"loss": f"{sum(losses[-20:]) / len(losses[-20:]):.4f}"}
@@ -292,73 +347,33 @@ def train_task_model(
         return {"interrupted_at_step": loop.step}
     step = loop.step
     model.eval()
-    return {"steps": step, "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "loss_curve": losses[::10]}
+    return {
+        "steps": step,
+        "epochs": epochs,
+        "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
+        "loss_curve": losses[::10],
+    }
 
 
-@torch.inference_mode()
-def _logits(model: AladTaskModel, features: Sequence, batch_size: int = 32, show_progress: bool = False) -> list:
-    model.eval()
-    out: list = [None] * len(features)
-    lengths = [len(f.input_ids) for f in features]
-    order = sorted(range(len(features)), key=lambda i: lengths[i])
-    device = next(model.parameters()).device
-    for start in tqdm(range(0, len(order), batch_size), disable=not show_progress, desc="predicting"):
-        indices = order[start : start + batch_size]
-        batch = _collate(model, [features[i] for i in indices])
-        logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu()
-        for row, i in enumerate(indices):
-            out[i] = logits[row, : lengths[i]]
-    return out
-
-
-def predict_tags(model: AladTaskModel, sentences: Sequence, show_progress: bool = False) -> list[list[str]]:
-    """Word-level tags for tagged or untagged sentences (tags of the input are ignored)."""
-    from alad.readers import TaggedSentence
-
-    plain = [TaggedSentence(list(s.tokens), [model.config.labels[0]] * len(s.tokens)) for s in sentences]
-    label_to_id = {label: i for i, label in enumerate(model.config.labels)}
-    features = prepare_token_features(plain, model.tokenizer, label_to_id, model.max_length)
-    logits = _logits(model, features, show_progress=show_progress)
-    return decode_token_predictions(plain, features, [x.argmax(-1).tolist() for x in logits], model.config.labels)
+def epochs_for(steps_per_epoch: int, config: FinetuneConfig) -> int:
+    """``epochs``, raised so that at least ``min_steps`` optimiser steps are taken."""
+    if config.min_steps and steps_per_epoch:
+        return max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
+    return config.epochs
 
 
 def predict_answers(
     model: AladTaskModel, examples: Sequence, config: FinetuneConfig, show_progress: bool = False
 ) -> tuple[dict[str, str], dict[str, float]]:
     """Best span text and no-answer score (null minus best span; > 0 favours no answer) per question."""
-    from alad.qa import decode_qa
-
-    features = _features(model, examples, config)
-    logits = _logits(model, features, show_progress=show_progress)
-    return decode_qa(
-        examples,
-        features,
-        [x[:, 0] for x in logits],
-        [x[:, 1] for x in logits],
-        max_answer_length=config.max_answer_length,
-    )
+    return get_task("qa").predict(model, examples, config, show_progress)
 
 
 def evaluate_task_model(
     model: AladTaskModel, items: Sequence, config: FinetuneConfig, show_progress: bool = False
 ) -> dict[str, Any]:
     """The task metric(s) on ``items``: POS accuracy/macro F1, NER entity F1, or SQuAD 2.0 EM/F1."""
-    if model.config.task == "qa":
-        from alad.qa import apply_null_threshold
-
-        predictions, na_scores = predict_answers(model, items, config, show_progress)
-        gold = {ex.id: [text for text, _ in ex.answers] if not ex.is_impossible else [] for ex in items}
-        at_zero = squad_v2_metrics(gold, apply_null_threshold(predictions, na_scores, 0.0))
-        best = squad_v2_metrics(gold, predictions, na_probs=na_scores)
-        return {
-            **at_zero,
-            **{k: v for k, v in best.items() if k.startswith("best")},
-            "no_answer_baseline": no_answer_baseline(gold),
-        }
-    check_labels(items, model.config.labels, "the evaluation data")
-    predicted = predict_tags(model, items, show_progress)
-    gold = [list(s.tags) for s in items]
-    return pos_metrics(gold, predicted) if model.config.task == "pos" else ner_metrics(gold, predicted)
+    return get_task(model.config.task).evaluate(model, items, config, show_progress)
 
 
 def task_model_latency(model: AladTaskModel, seq_len: int = 32) -> dict[int, dict[str, float]]:
@@ -377,21 +392,11 @@ def task_model_latency(model: AladTaskModel, seq_len: int = 32) -> dict[int, dic
 
 def headline(metrics: dict[str, Any], task: str) -> dict[str, float]:
     """The numbers a results row shows, in percent."""
-    if task == "pos":
-        return {"accuracy": 100 * metrics["accuracy"], "macro_f1": 100 * metrics["macro_f1"]}
-    if task == "ner":
-        return {"micro_f1": 100 * metrics["micro_f1"], "macro_f1": 100 * metrics["macro_f1"]}
-    return {
-        "exact": metrics["exact"],
-        "f1": metrics["f1"],
-        "HasAns_f1": metrics.get("HasAns_f1", float("nan")),
-        "NoAns_f1": metrics.get("NoAns_f1", float("nan")),
-        "best_f1": metrics.get("best_f1", metrics["f1"]),
-    }
+    return get_task(task).headline(metrics)
 
 
 def main_metric(task: str) -> str:
-    return {"pos": "accuracy", "ner": "micro_f1", "qa": "f1"}[task]
+    return get_task(task).main_metric
 
 
 def finetune(
@@ -423,16 +428,11 @@ def finetune(
     if (out / METRICS).is_file():
         return read_json(out / METRICS, "metrics")
     splits = splits or load_splits(config)
+    task = get_task(config.task)
     teacher = AladTaskModel.from_pretrained(Path(config.teacher) / MODEL_DIR) if config.teacher else None
-    if config.task == "qa":
-        labels: tuple[str, ...] = ()
-    elif teacher is not None:
-        labels = tuple(teacher.config.labels)
-    else:
-        labels = tuple(label_vocabulary(splits.train))
-    if config.task != "qa":
-        check_labels(splits.train, labels, "the training data")
-        check_labels(splits.eval, labels, "the evaluation data")  # fail before training, not after
+    labels = task.label_set(splits.train, teacher)
+    task.check_data(splits.train, labels, "the training data")
+    task.check_data(splits.eval, labels, "the evaluation data")  # fail before training, not after
     model = build_task_model(
         config.task,
         config.student,
@@ -446,23 +446,24 @@ def finetune(
     claim_run_folder(out, "finetune_run")  # the marker is the first file alad writes there
     write_json_atomic(out / FINETUNE_CONFIG, {"kind": "finetune_run", "config": config_to_dict(config)})
     started = time.perf_counter()
-    training = {"steps": 0}
+    training: dict[str, Any] = {"steps": 0}
     if config.mode != "teacher-head":
-        features = _features(model, splits.train, config)
+        features, counts = training_features(model, task, splits, config, show_progress)
         training = train_task_model(model, features, config, out / "checkpoint.pt", show_progress, stop_after_steps)
         if "interrupted_at_step" in training:
             return training
+        training.update(counts)
     train_seconds = time.perf_counter() - started
     check_finite_parameters((p for p in model.parameters() if p.requires_grad), "the task model")
     model.metadata = {"finetune": config_to_dict(config), "data": splits.info}
     model.save_pretrained(out / MODEL_DIR)
-    metrics = evaluate_task_model(model, splits.eval, config, show_progress)
+    metrics = task.evaluate(model, splits.eval, config, show_progress)
     result = {
         "task": config.task,
         "mode": config.mode,
         "split": config.eval_split,
         "data": splits.info,
-        "headline": headline(metrics, config.task),
+        "headline": task.headline(metrics),
         "metrics": metrics,
         "params_total": model.num_parameters(),
         "params_trained": sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -474,6 +475,33 @@ def finetune(
     write_json_atomic(out / METRICS, result)
     (out / "checkpoint.pt").unlink(missing_ok=True)
     return result
+
+
+def training_features(
+    model: AladTaskModel, task: Task, splits: TaskSplits, config: FinetuneConfig, show_progress: bool = False
+) -> tuple[list, dict[str, int]]:
+    """Labelled features (with the teacher's states for the auxiliary alignment loss), plus, when
+    distilling, unlabelled features; every feature then carries the teacher's soft targets."""
+    from alad.teacher_signals import attach_alignment_targets, cached_soft_targets
+
+    features = task.features(model, splits.train, config)
+    counts = {"labelled_items": len(splits.train), "unlabelled_items": 0}
+    if config.align_weight > 0:
+        encoder_dir = Path(config.teacher) / MODEL_DIR / "encoder"
+        counts["align_target_features"] = attach_alignment_targets(
+            task, features, splits.train, model.tokenizer, encoder_dir, show_progress=show_progress
+        )
+    if config.kd_weight > 0:
+        unlabelled = task.strip_labels(splits.unlabelled(config.kd_max_texts))
+        extra = task.features(model, unlabelled, config, labelled=False)
+        soft = cached_soft_targets(
+            task, Path(config.teacher) / MODEL_DIR, list(splits.train) + unlabelled, show_progress=show_progress
+        )
+        task.attach_soft_targets(features, soft[: len(splits.train)])
+        task.attach_soft_targets(extra, soft[len(splits.train) :])
+        features = features + extra
+        counts["unlabelled_items"] = len(unlabelled)
+    return features, counts
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[AladTaskModel, FinetuneConfig]:

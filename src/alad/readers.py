@@ -412,9 +412,7 @@ def read_texts(path: PathLike, format: str = "auto") -> list[str] | list[tuple[s
     """
     if format == "auto":
         format, why = detect_format_why(path)
-        logger.warning(
-            "%s: read as %s (auto-detected: %s); set the corpus format to choose another", path, format, why
-        )
+        logger.warning("%s: read as %s (auto-detected: %s); set the corpus format to choose another", path, format, why)
     if format == "text":
         return read_lines(path)
     if format == "conll2003":

@@ -91,9 +91,7 @@ def check_run_folder(path: str | os.PathLike, kind: str, flag: str = "--out") ->
     if found == kind:
         return
     if found is not None:
-        raise RunFolderError(
-            f"{path} holds {_KIND_WORDS[found]}, not {_KIND_WORDS[kind]}; choose another {flag}"
-        )
+        raise RunFolderError(f"{path} holds {_KIND_WORDS[found]}, not {_KIND_WORDS[kind]}; choose another {flag}")
     entries = sorted(p.name for p in path.iterdir())
     if entries:
         shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")

@@ -5,8 +5,12 @@ once per task, data and settings under ``teachers_dir`` and reused), stage 1 ali
 that teacher on unlabelled corpus text, stage 2 continues alignment on the task's training text,
 and stage 3 fine-tunes in every configured mode and window. Beside them, with the same data,
 budget and seed, run the baselines (the student alone, frozen + head and fully fine-tuned), the
-teacher (upper bound) and a random-init adapter of the same shape trained the same way. Every stage
-writes its own folder and a finished one is reused, so an interrupted run resumes stage by stage.
+teacher (upper bound), a random-init adapter of the same shape trained the same way, and knowledge
+distillation from the same teacher (student + KD, AlAd + KD). Stage 2 reads the text of the whole
+training split (never its labels); stage 3 and the baselines run once per label budget
+(``labels: [100, 300, 1000, 2000]``), reusing the teacher and the alignment, which read no student
+labels. Every stage writes its own folder and a finished one is reused, so an interrupted run
+resumes stage by stage.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ import torch
 from alad.adapter import AdapterConfig, AlignmentAdapter
 from alad.alignment import AlignConfig, align, alignment_cosine, format_summary
 from alad.cache import EmbeddingCache
+from alad.config_files import load_run_file
 from alad.finetuning import (
     METRICS,
     MODEL_DIR,
     FinetuneConfig,
+    TaskSplits,
     finetune,
     headline,
     load_splits,
@@ -37,9 +43,9 @@ from alad.finetuning import (
     task_model_latency,
 )
 from alad.models import load_encoder, resolve_device
-from alad.readers import TaggedSentence, question_context_pairs
-from alad.run_folder import check_path_name
+from alad.run_folder import check_path_name, check_run_folder, claim_run_folder
 from alad.serialization import read_json, write_json_atomic, write_text_atomic
+from alad.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +66,26 @@ _RUN_FIELDS = {
     "description",
     "cosine_texts",
     "latency_seq_len",
+    "labels",
+    "stage2_texts",
+    "extra_texts",
+    "compare_stage1",
+    "kd",
+    "sweep_rows",
+    "stage3_compare",
 }
+SWEEP_ROWS = (
+    "student-frozen",
+    "student-joint",
+    "random-frozen",
+    "alad-frozen",
+    "alad-joint",
+    "student-kd-frozen",
+    "student-kd-joint",
+    "alad-kd-frozen",
+    "alad-kd-joint",
+)
+TEACHER_ROW = "teacher (fine-tuned, upper bound)"
 
 
 def load_run_config(path: str | os.PathLike, profile: str, pairs: Sequence[str] | None = None) -> dict[str, Any]:
@@ -69,8 +94,6 @@ def load_run_config(path: str | os.PathLike, profile: str, pairs: Sequence[str] 
     ``pairs`` keeps only the named student-teacher pairs, looked up in the profile's list and then in
     the recipe's own, so a pair a profile leaves out (for CPU time, say) can still be run with it.
     """
-    from alad.cli import load_run_file
-
     raw = load_run_file(path)
     unknown = sorted(set(raw) - _RUN_FIELDS - _FINETUNE_FIELDS)
     if unknown:
@@ -112,11 +135,37 @@ def _digest(obj: Any) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
 
 
-def _finetune_config(config: dict, **fields: Any) -> FinetuneConfig:
+def _finetune_config(config: dict, stage3: bool = True, **fields: Any) -> FinetuneConfig:
+    """Top-level settings, then (for stage 3 and the baselines, not the teacher) the ``finetune`` section."""
     values = {k: v for k, v in config.items() if k in _FINETUNE_FIELDS}
-    values.update(config.get("finetune") or {})
+    if stage3:
+        values.update(config.get("finetune") or {})
     values.update(fields)
+    if not values.get("adapter"):  # settings that act on an adapter do not apply to the student alone
+        values.update(align_weight=0.0, head_init="random")
     return FinetuneConfig(**values)
+
+
+def parse_label_budgets(text: str | Sequence | None) -> list[int | str] | None:
+    """``"100,300,all"`` (or a list) as label budgets; each a positive integer or ``all``."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")] if isinstance(text, str) else list(text)
+    budgets: list[int | str] = []
+    for part in parts:
+        if str(part).lower() == "all":
+            budgets.append("all")
+            continue
+        try:
+            value = int(part)
+        except (TypeError, ValueError):
+            value = 0
+        if value < 1:
+            raise ValueError(f"label budgets are positive integers or 'all' (e.g. 100,300,2000), got {part!r}")
+        budgets.append(value)
+    if not budgets:
+        raise ValueError("--labels names no budget; pass e.g. 100,300,1000,2000")
+    return budgets
 
 
 def resolve_student(pair: dict, models_dir: Path) -> str:
@@ -139,7 +188,7 @@ def _teacher_run(
         run = Path(pair["teacher_run"])
         return run, read_json(run / METRICS, "teacher metrics (pass a finished fine-tuning run)")
     settings = dict(config.get("teacher_finetune") or {})
-    ft = _finetune_config(config, student=pair["teacher"], adapter=None, mode="joint", **settings)
+    ft = _finetune_config(config, stage3=False, student=pair["teacher"], adapter=None, mode="joint", **settings)
     # Key on the settings that differ from the defaults, so a new option with a default keeps old teachers valid.
     defaults = dataclasses.asdict(FinetuneConfig())
     settings_key = {k: v for k, v in dataclasses.asdict(ft).items() if v != defaults[k]}
@@ -148,34 +197,31 @@ def _teacher_run(
     return run, finetune(run, ft, show_progress=show_progress, device=device)
 
 
-def _texts_of(items: list) -> list:
-    """The task's own inputs as alignment texts: sentences, or (question, context) pairs for QA.
-
-    QA pairs are aligned as the QA model encodes them, question and context in one input: a
-    context encoded alone lacks the question-conditioned states the teacher's span head reads.
-    """
-    if items and isinstance(items[0], TaggedSentence):
-        return [" ".join(s.tokens) for s in items]
-    return question_context_pairs(items)
-
-
-def _row(name: str, kind: str, result: dict, task: str, model_dir: Path, latency_seq_len: int, **extra) -> dict:
+def _row(name: str, kind: str, result: dict, task: str, model_dir: Path, latency_seq_len: int | None, **extra) -> dict:
+    """One results row; latency (CPU, batch 1 and 32) only where ``latency_seq_len`` is given."""
     from alad.task_models import AladTaskModel
 
-    model = AladTaskModel.from_pretrained(model_dir)
-    latency = task_model_latency(model, latency_seq_len)
+    latency = None
+    if latency_seq_len:
+        latency = task_model_latency(AladTaskModel.from_pretrained(model_dir), latency_seq_len)
+    numbers = headline(result["metrics"], task)
     return {
         "name": name,
         "kind": kind,
         "mode": result.get("mode"),
-        **headline(result["metrics"], task),
-        "main": headline(result["metrics"], task)[main_metric(task)],
+        **numbers,
+        "main": numbers[main_metric(task)],
         "params": result["params_total"],
         "params_trained": result["params_trained"],
-        "latency_ms_b1": latency[1]["median_ms"],
-        "latency_ms_b32": latency[32]["median_ms"],
+        "latency_ms_b1": latency[1]["median_ms"] if latency else None,
+        "latency_ms_b32": latency[32]["median_ms"] if latency else None,
         "train_seconds": result.get("train_seconds"),
-        **({"no_answer_baseline": result["metrics"]["no_answer_baseline"]} if task == "qa" else {}),
+        "unlabelled_items": (result.get("training") or {}).get("unlabelled_items", 0),
+        **(
+            {"no_answer_baseline": result["metrics"]["no_answer_baseline"]}
+            if "no_answer_baseline" in result["metrics"]
+            else {}
+        ),
         **extra,
     }
 
@@ -192,141 +238,357 @@ def machine_info(device: str = "cpu") -> str:
     )
 
 
+@dataclasses.dataclass
+class _Context:
+    """What every step of one recipe run reads: its config, data, folders and switches."""
+
+    config: dict
+    out: Path
+    splits: TaskSplits
+    budgets: list[int]
+    main_budget: int
+    teachers_dir: Path
+    seq_len: int
+    show_progress: bool
+    device: str
+    extra_texts: list[str]
+
+    @property
+    def task(self) -> str:
+        return self.config["task"]
+
+
+def check_recipe(config: dict[str, Any]) -> None:
+    """Every setting of an ``alad run`` recipe, before its output folder is touched."""
+    for pair in config.get("pairs") or []:
+        if not isinstance(pair, dict) or "student" not in pair or "teacher" not in pair:
+            raise ValueError(f"each pair needs a student and a teacher, got {pair!r}")
+        if pair.get("name") is not None:
+            check_path_name(pair["name"], "pair name")
+    windows = config.get("windows")
+    if not isinstance(windows, list | tuple) or not windows:
+        raise ValueError(f"windows must be a list of odd window sizes such as [1, 3], got {windows!r}")
+    for key in ("stage1", "stage2", "kd", "stage3_compare"):
+        if not isinstance(config.get(key) or {}, dict):
+            raise ValueError(f"{key} must be a mapping of alignment options, got {config.get(key)!r}")
+    names = {f.name for f in dataclasses.fields(AlignConfig)}
+    for key in ("stage1", "stage2"):
+        values = dict(config.get(key) or {})
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"{key} has unknown options {unknown}; known: {sorted(names)}")
+        AlignConfig(**{"windows": tuple(windows), **({"max_texts": None} if key == "stage2" else {}), **values})
+    finetune = config.get("finetune") or {}
+    if not isinstance(finetune, dict):
+        raise ValueError(f"finetune must be a mapping of fine-tuning options, got {finetune!r}")
+    try:
+        _finetune_config(config, mode="joint", adapter=None, teacher=None, head_init="random")
+    except TypeError as err:
+        raise ValueError(f"finetune: {err}; see alad finetune --help for the options") from err
+    for mode in config.get("modes") or []:
+        if mode not in ("frozen", "joint", "head-only", "teacher-head"):
+            raise ValueError(f"modes: {mode!r} is not one of frozen, joint, head-only, teacher-head")
+
+
 def run_recipe(
     config: dict,
     out_dir: str | os.PathLike,
     show_progress: bool = True,
     command: str | None = None,
     device: str = "cpu",
+    labels: str | Sequence | None = None,
 ) -> dict[str, Any]:
     """Execute every stage, baseline and ablation of ``config``; write results.json, .md and plots.
 
-    ``device`` trains (and embeds) there; latency is always measured on the CPU.
+    ``labels`` (or the config's ``labels``) lists the label budgets of stage 3 and the baselines;
+    default: the profile's ``max_train``. ``device`` trains (and embeds) there; latency is always
+    measured on the CPU.
     """
     resolve_device(device)  # a wrong device fails before anything is written
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "run_config.json", config)
-    task = config["task"]
-    teachers_dir = Path(config.get("teachers_dir") or out.parent / "teachers")
-    seq_len = int(config.get("latency_seq_len", 32))
-    splits = load_splits(_finetune_config(config))
+    check_recipe(config)
+    check_run_folder(out_dir, "recipe_run")  # an existing folder that is not an alad recipe run is refused
+    ctx = _context(config, Path(out_dir), show_progress, device, labels)
+    claim_run_folder(ctx.out, "recipe_run")
+    write_json_atomic(ctx.out / "run_config.json", config)
     all_rows, pairs_out = [], []
     for pair in config["pairs"]:
-        rows, pair_summary = _run_pair(config, pair, out, splits, teachers_dir, seq_len, show_progress, device)
+        rows, pair_summary = _run_pair(ctx, pair)
         pairs_out.append(pair_summary)
         all_rows.extend({**r, "pair": pair_summary["name"]} for r in rows)
-
     results = {
-        "task": task,
+        "task": ctx.task,
         "profile": config["profile"],
         "config": config,
-        "data": splits.info,
+        "data": ctx.splits.info,
+        "labels": ctx.budgets,
+        "main_labels": ctx.main_budget,
         "command": command or f"alad run <config> --profile {config['profile']}",
         "machine": machine_info(device),
         "pairs": pairs_out,
         "rows": all_rows,
     }
-    write_json_atomic(out / "results.json", results)
-    write_text_atomic(out / "results.md", format_results(results))
-    plot_results(results, out)
+    write_json_atomic(ctx.out / "results.json", results)
+    write_text_atomic(ctx.out / "results.md", format_results(results))
+    plot_results(results, ctx.out)
     return results
 
 
-def _run_pair(
-    config: dict,
-    pair: dict,
-    out: Path,
-    splits,
-    teachers_dir: Path,
-    seq_len: int,
-    show_progress: bool,
-    device: str = "cpu",
-) -> tuple[list[dict], dict]:
-    """Stages 0-3, baselines and the random-init ablation for one student-teacher pair."""
-    task = config["task"]
-    name = pair.get("name") or f"{_slug(str(pair['student']))}-to-{_slug(pair['teacher'])}"
-    pair_dir = out / check_path_name(name, "pair name")  # never a path: '../x' would write above out
-    student = resolve_student(pair, out.parent / "models")
-    teacher_dir, teacher_result = _teacher_run(config, pair, teachers_dir, show_progress, device)
-    teacher_encoder_dir = teacher_dir / MODEL_DIR / "encoder"
-    rows = [
-        _row("teacher (fine-tuned, upper bound)", "teacher", teacher_result, task, teacher_dir / MODEL_DIR, seq_len)
-    ]
+def _context(config: dict, out: Path, show_progress: bool, device: str, labels) -> _Context:
+    """Check every setting that needs no model (budgets, KD, text files) before any work."""
+    template = _finetune_config(config)  # invalid stage-3 settings fail here
+    kd = dict(config.get("kd") or {})
+    if kd:
+        _finetune_config(config, adapter=None, mode="joint", teacher="teacher", **kd)
+    splits = load_splits(template)
+    pool = len(splits.pool)
+    wanted = parse_label_budgets(labels) or parse_label_budgets(config.get("labels")) or [len(splits.train)]
+    budgets = sorted({pool if b == "all" else int(b) for b in wanted})
+    too_big = [b for b in budgets if b > pool]
+    if too_big:
+        raise ValueError(
+            f"label budget {too_big[0]} is larger than the training split ({pool} items in "
+            f"{splits.info['train_file']}); pass budgets up to {pool}, or 'all'"
+        )
+    main = len(splits.train) if len(splits.train) in budgets else budgets[-1]
+    extra = read_extra_texts(config["extra_texts"]) if config.get("extra_texts") else []
+    stage2 = config.get("stage2_texts", "all")
+    if stage2 not in ("all", "labelled") and not Path(str(stage2)).is_file():
+        raise ValueError(f"stage2_texts must be all, labelled or a text file; {stage2!r} is none of these")
+    return _Context(
+        config=config,
+        out=out,
+        splits=splits,
+        budgets=budgets,
+        main_budget=main,
+        teachers_dir=Path(config.get("teachers_dir") or out.parent / "teachers"),
+        seq_len=int(config.get("latency_seq_len", 32)),
+        show_progress=show_progress,
+        device=device,
+        extra_texts=extra,
+    )
 
-    def run_ft(label: str, kind: str, sub: str, adapter_dir: Path | None, mode: str, **extra) -> dict:
+
+def read_extra_texts(path: str | os.PathLike) -> list[str]:
+    """A user's unlabelled text file (one text per line) for stage 2; empty or non-UTF-8 files fail."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"unlabelled-text file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}); convert it, e.g. iconv -t utf-8") from err
+    texts = [line.strip() for line in lines if line.strip()]
+    if not texts:
+        raise ValueError(f"{path} holds no text; give a file with one sentence per line")
+    return texts
+
+
+def _run_pair(ctx: _Context, pair: dict) -> tuple[list[dict], dict]:
+    """Stages 0-3, baselines, distillation and the random-init ablation for one pair, per label budget."""
+    name = pair.get("name") or f"{_slug(str(pair['student']))}-to-{_slug(pair['teacher'])}"
+    pair_dir = ctx.out / check_path_name(name, "pair name")  # never a path: '../x' would write above out
+    student = resolve_student(pair, ctx.out.parent / "models")
+    teacher_dir, teacher_result = _teacher_run(ctx.config, pair, ctx.teachers_dir, ctx.show_progress, ctx.device)
+    rows = [_row(TEACHER_ROW, "teacher", teacher_result, ctx.task, teacher_dir / MODEL_DIR, ctx.seq_len, labels=None)]
+    alignment = align_stages(ctx, name, pair_dir, student, teacher_dir / MODEL_DIR / "encoder")
+    teacher_emb = _cosine_reference(ctx.config, ctx.splits, teacher_dir / MODEL_DIR / "encoder", ctx.show_progress)
+    runner = _RowRunner(ctx, pair_dir, student, teacher_dir, teacher_emb)
+    for window in tuple(int(w) for w in ctx.config["windows"]):
+        adapter_dir = alignment["adapters"][str(window)]
+        random_dir = _random_adapter(ctx, pair_dir, adapter_dir, window)
+        if "teacher-head" in ctx.config["modes"]:  # reads no student label: one row for every budget
+            rows.append(
+                runner.run(
+                    f"alad-w{window}-teacher-head",
+                    f"AlAd w{window}, teacher-head",
+                    "alad",
+                    ctx.main_budget,
+                    adapter_dir,
+                    "teacher-head",
+                    window=window,
+                    labels=0,
+                )
+            )
+        for budget in ctx.budgets:
+            rows += stage3_rows(ctx, runner, budget, window, adapter_dir, random_dir)
+        for stage, folder in alignment["variants"].items():  # stage 1 or not: the label-free comparison
+            rows.append(
+                runner.run(
+                    f"alad-w{window}-teacher-head",
+                    f"AlAd w{window}, teacher-head, {stage}",
+                    "variant",
+                    ctx.main_budget,
+                    folder / f"w{window}",
+                    "teacher-head",
+                    sub=f"compare-{_slug(stage)}",
+                    window=window,
+                    labels=0,
+                    variant=stage,
+                )
+            )
+        compare = ctx.config.get("stage3_compare") or {}
+        if compare and compare.get("pair", name) == name:
+            rows += stage3_variants(runner, compare, window, adapter_dir, ctx.main_budget)
+    return rows, _summarise_pair(name, student, pair["teacher"], rows, alignment, ctx.main_budget)
+
+
+class _RowRunner:
+    """Fine-tunes one row (a mode, an adapter or none, a label budget, extra settings) and scores it."""
+
+    def __init__(self, ctx: _Context, pair_dir: Path, student: str, teacher_dir: Path, teacher_emb) -> None:
+        self.ctx, self.pair_dir, self.student, self.teacher_dir = ctx, pair_dir, student, teacher_dir
+        self.teacher_emb = teacher_emb
+
+    def run(
+        self,
+        key: str,
+        label: str,
+        kind: str,
+        budget: int,
+        adapter_dir,
+        mode: str,
+        *,
+        sub: str | None = None,
+        settings: dict | None = None,
+        **extra,
+    ) -> dict:
+        ctx = self.ctx
         ft = _finetune_config(
-            config,
-            student=student,
+            ctx.config,
+            student=self.student,
             adapter=str(adapter_dir) if adapter_dir else None,
             mode=mode,
-            teacher=str(teacher_dir),
+            teacher=str(self.teacher_dir),
+            **(settings or {}),
         )
-        result = finetune(pair_dir / sub, ft, splits=splits, show_progress=show_progress, device=device)
-        row = _row(label, kind, result, task, pair_dir / sub / MODEL_DIR, seq_len, **extra)
-        rows.append(row)
+        folder = self.pair_dir / (sub or f"labels-{budget}") / key
+        splits = ctx.splits.with_budget(budget)
+        result = finetune(folder, ft, splits=splits, show_progress=ctx.show_progress, device=ctx.device)
+        timed = ctx.seq_len if budget == ctx.main_budget and "variant" not in extra else None
+        row = _row(label, kind, result, ctx.task, folder / MODEL_DIR, timed, **{"labels": budget, **extra})
+        if adapter_dir:
+            row["cosine_to_teacher"] = _cosine(folder, self.teacher_emb)
         return row
 
-    run_ft("student alone, frozen + head", "student", "student-frozen", None, "frozen")
-    run_ft("student alone, full fine-tuning", "student", "student-joint", None, "joint")
 
-    stage1 = dict(config.get("stage1") or {})
-    stage2 = dict(config.get("stage2") or {})
-    windows = tuple(int(w) for w in config["windows"])
-    align1 = AlignConfig(
-        student=student,
-        teacher=str(teacher_encoder_dir),
-        corpus=config.get("corpus"),
-        windows=windows,
-        seed=config.get("seed", 0),
-        **stage1,
-    )
-    summary1 = align(pair_dir / "stage1", align1, show_progress=show_progress, device=device)
-    print(f"[{name}] stage 1, task-independent alignment:\n{format_summary(summary1)}")
-    texts = _texts_of(splits.train)
-    align2 = AlignConfig(
-        student=student,
-        teacher=str(teacher_encoder_dir),
-        windows=windows,
-        init=str(pair_dir / "stage1"),
-        max_texts=None,
-        seed=config.get("seed", 0),
-        corpus=f"task:{config['task']}:{config.get('data')}",
-        **stage2,
-    )
-    summary2 = align(pair_dir / "stage2", align2, texts=texts, show_progress=show_progress, device=device)
-    print(f"[{name}] stage 2, continual alignment on the task's text:\n{format_summary(summary2)}")
+def stage3_rows(
+    ctx: _Context, runner: _RowRunner, budget: int, window: int, adapter_dir: Path, random_dir: Path
+) -> list[dict]:
+    """The rows of one label budget: the student alone, the random-init adapter, AlAd, and KD for both."""
+    kd = dict(ctx.config.get("kd") or {})
+    wanted = set(ctx.config.get("sweep_rows") or SWEEP_ROWS) if budget != ctx.main_budget else None
+    plans = [
+        ("student-frozen", "student alone, frozen + head", "student", None, "frozen", {}),
+        ("student-joint", "student alone, full fine-tuning", "student", None, "joint", {}),
+        ("student-kd-frozen", "student + KD, frozen + head", "student-kd", None, "frozen", kd),
+        ("student-kd-joint", "student + KD, full fine-tuning", "student-kd", None, "joint", kd),
+    ]
+    for mode in ctx.config["modes"]:
+        if mode != "teacher-head":
+            plans.append((f"alad-{mode}", f"AlAd w{window}, {mode}", "alad", adapter_dir, mode, {}))
+    for mode in ("frozen", "joint"):
+        if mode in ctx.config["modes"]:
+            plans.append((f"random-{mode}", f"random-init adapter w{window}, {mode}", "random", random_dir, mode, {}))
+            plans.append((f"alad-kd-{mode}", f"AlAd w{window} + KD, {mode}", "alad-kd", adapter_dir, mode, kd))
+    rows = []
+    for key, label, kind, adapter, mode, settings in plans:
+        if (wanted is not None and key not in wanted) or (kind.endswith("-kd") and not kd):
+            continue
+        window_extra = {"window": window} if adapter else {}
+        folder = key.replace("alad", f"alad-w{window}").replace("random", f"random-w{window}")
+        rows.append(runner.run(folder, label, kind, budget, adapter, mode, settings=settings, **window_extra))
+    return rows
 
-    teacher_emb = _cosine_reference(config, splits, teacher_encoder_dir, show_progress)
-    for window in windows:
-        adapter_dir = pair_dir / "stage2" / f"w{window}"
-        random_dir = pair_dir / f"random-w{window}"
-        if not (random_dir / "adapter_config.json").is_file():
-            aligned = AlignmentAdapter.from_pretrained(adapter_dir)
-            torch.manual_seed(config.get("seed", 0) + 7919)
-            AlignmentAdapter(AdapterConfig(**dataclasses.asdict(aligned.config))).save_pretrained(
-                random_dir, metadata={"random_init": True}
-            )
-        for mode in config["modes"]:
-            row = run_ft(f"AlAd w{window}, {mode}", "alad", f"alad-w{window}-{mode}", adapter_dir, mode, window=window)
-            row["cosine_to_teacher"] = _cosine(pair_dir / f"alad-w{window}-{mode}", teacher_emb)
-        for mode in ("frozen", "joint"):
-            if mode in config["modes"]:
-                row = run_ft(
-                    f"random-init adapter w{window}, {mode}",
-                    "random",
-                    f"random-w{window}-{mode}",
-                    random_dir,
+
+def stage3_variants(runner: _RowRunner, compare: dict, window: int, adapter_dir: Path, budget: int) -> list[dict]:
+    """Stage-3 settings side by side on the same aligned adapter (which keeps the alignment best)."""
+    rows = []
+    for variant, settings in (compare.get("variants") or {}).items():
+        for mode in compare.get("modes", ["frozen", "joint"]):
+            label = f"AlAd w{window}, {mode}, {variant}"
+            rows.append(
+                runner.run(
+                    f"alad-w{window}-{mode}-{_slug(variant)}",
+                    label,
+                    "variant",
+                    budget,
+                    adapter_dir,
                     mode,
+                    sub=f"stage3-compare-{budget}",
+                    settings=dict(settings or {}),
                     window=window,
+                    variant=variant,
                 )
-                row["cosine_to_teacher"] = _cosine(pair_dir / f"random-w{window}-{mode}", teacher_emb)
-    return rows, _summarise_pair(name, student, pair["teacher"], rows, summary2, task)
+            )
+    return rows
+
+
+def _random_adapter(ctx: _Context, pair_dir: Path, adapter_dir: Path, window: int) -> Path:
+    """An adapter of the aligned one's shape at a fixed random initialisation (the ablation)."""
+    random_dir = pair_dir / f"random-w{window}"
+    if not (random_dir / "adapter_config.json").is_file():
+        aligned = AlignmentAdapter.from_pretrained(adapter_dir)
+        torch.manual_seed(ctx.config.get("seed", 0) + 7919)
+        AlignmentAdapter(AdapterConfig(**dataclasses.asdict(aligned.config))).save_pretrained(
+            random_dir, metadata={"random_init": True}
+        )
+    return random_dir
+
+
+def stage2_texts(ctx: _Context) -> list:
+    """Stage 2's unlabelled text: the whole training split (default), the labelled subset, or a file;
+    plus the config's ``extra_texts``. Labels are never read."""
+    task = get_task(ctx.task)
+    choice = ctx.config.get("stage2_texts", "all")
+    if choice == "all":
+        texts = task.alignment_texts(ctx.splits.pool)
+    elif choice == "labelled":
+        texts = task.alignment_texts(ctx.splits.with_budget(ctx.main_budget).train)
+    else:
+        texts = read_extra_texts(choice)
+    return list(texts) + list(ctx.extra_texts)
+
+
+def align_stages(ctx: _Context, name: str, pair_dir: Path, student: str, teacher_encoder: Path) -> dict:
+    """Stage 1 on the corpus (unless ``stage1: null``), stage 2 on the task's text, and with
+    ``compare_stage1`` stage 2 from scratch too; the adapter with the better held-out cosine is used."""
+    config = ctx.config
+    windows = tuple(int(w) for w in config["windows"])
+    common = {"student": student, "teacher": str(teacher_encoder), "windows": windows, "seed": config.get("seed", 0)}
+    summaries: dict[str, dict] = {}
+    stage1 = config.get("stage1", {})
+    if stage1 is not None:
+        align1 = AlignConfig(corpus=config.get("corpus"), **common, **stage1)
+        summaries["stage1"] = align(pair_dir / "stage1", align1, show_progress=ctx.show_progress, device=ctx.device)
+        print(f"[{name}] stage 1, task-independent alignment:\n{format_summary(summaries['stage1'])}")
+    texts = stage2_texts(ctx)
+    corpus = f"task:{ctx.task}:{config.get('data')}:{config.get('stage2_texts', 'all')}"
+    stage2 = dict(config.get("stage2") or {})
+    variants = {"stage2": str(pair_dir / "stage1") if stage1 is not None else None}
+    if config.get("compare_stage1") and stage1 is not None:
+        variants["stage2-scratch"] = None
+    for folder, init in variants.items():
+        align2 = AlignConfig(init=init, max_texts=None, corpus=corpus, **common, **stage2)
+        summaries[folder] = align(
+            pair_dir / folder, align2, texts=texts, show_progress=ctx.show_progress, device=ctx.device
+        )
+        print(f"[{name}] {folder}, alignment on the task's text (labels unused):\n{format_summary(summaries[folder])}")
+    adapters, chosen = {}, {}
+    for window in map(str, windows):
+        best = max(variants, key=lambda f: summaries[f]["windows"][window]["val_cosine"])
+        adapters[window], chosen[window] = pair_dir / best / f"w{window}", best
+    compared = {("after stage 1" if init else "from scratch"): pair_dir / folder for folder, init in variants.items()}
+    return {
+        "summaries": summaries,
+        "adapters": adapters,
+        "chosen": chosen,
+        "variants": compared if len(compared) > 1 else {},
+    }
 
 
 def _cosine_reference(config, splits, teacher_encoder_dir: Path, show_progress: bool):
     """Teacher states on (a bounded number of) evaluation texts, for cosine-to-teacher columns."""
-    texts = _texts_of(splits.eval)[: int(config.get("cosine_texts", 300))]
+    texts = get_task(config["task"]).alignment_texts(splits.eval)[: int(config.get("cosine_texts", 300))]
     teacher = load_encoder(teacher_encoder_dir)
     from alad.tokenizer_alignment import segment_texts
 
@@ -341,37 +603,39 @@ def _cosine(run_dir: Path, teacher_emb) -> float:
     return alignment_cosine(model.encoder, model.tokenizer, model.adapter, teacher_emb)
 
 
-def _summarise_pair(name: str, student: str, teacher: str, rows: list[dict], summary2: dict, task: str) -> dict:
-    by_name = {r["name"]: r for r in rows}
-    teacher_score = by_name["teacher (fine-tuned, upper bound)"]["main"]
-    baseline = {
-        "frozen": by_name["student alone, frozen + head"]["main"],
-        "joint": by_name["student alone, full fine-tuning"]["main"],
-    }
+def _summarise_pair(name: str, student: str, teacher: str, rows: list[dict], alignment: dict, main: int) -> dict:
+    """Scores relative to the student and the random-init adapter of the same mode and label budget."""
+    teacher_row = next(r for r in rows if r["kind"] == "teacher")
+    teacher_score = teacher_row["main"]
+    students = {(r["labels"], r["mode"]): r["main"] for r in rows if r["kind"] == "student"}
+    randoms = {(r["labels"], r["mode"], r.get("window")): r["main"] for r in rows if r["kind"] == "random"}
+    baseline = {mode: students.get((main, mode)) for mode in ("frozen", "joint")}
     warnings = []
-    if teacher_score <= baseline["joint"]:
+    if baseline["joint"] is not None and teacher_score <= baseline["joint"]:
         warnings.append(
             f"TEACHER DOES NOT BEAT THE STUDENT: teacher {teacher_score:.2f} <= fully fine-tuned student "
             f"{baseline['joint']:.2f}; no adapter can help here"
         )
-    no_answer = by_name["teacher (fine-tuned, upper bound)"].get("no_answer_baseline")
-    if task == "qa" and no_answer and teacher_score <= no_answer["f1"]:
+    no_answer = teacher_row.get("no_answer_baseline")
+    if no_answer and teacher_score <= no_answer["f1"]:
         warnings.append(
             f"TEACHER DOES NOT BEAT ALWAYS ANSWERING 'NO ANSWER': teacher F1 {teacher_score:.2f} <= "
             f"{no_answer['f1']:.2f}; it needs more training data or steps before it can teach spans"
         )
     for row in rows:
-        if row["kind"] not in ("alad", "random"):
+        if row["kind"] in ("teacher", "student"):
             continue
-        matching = baseline["joint"] if row["mode"] == "joint" else baseline["frozen"]
+        budget = row["labels"] or main
+        same_mode = "joint" if row["mode"] == "joint" else "frozen"
+        matching = students.get((budget, same_mode))
         row["student_same_mode"] = matching
-        gap = teacher_score - matching
+        gap = teacher_score - matching if matching is not None else 0
         row["recovery"] = (row["main"] - matching) / gap if gap > 0 else None
         if row["mode"] == "teacher-head":
             row["share_of_teacher"] = row["main"] / teacher_score if teacher_score else None
-        if row["kind"] == "alad":
-            twin = by_name.get(f"random-init adapter w{row['window']}, {row['mode']}")
-            row["gain_over_random"] = row["main"] - twin["main"] if twin else None
+        if row["kind"] in ("alad", "alad-kd", "variant"):
+            twin = randoms.get((budget, row["mode"], row.get("window")))
+            row["gain_over_random"] = row["main"] - twin if twin is not None else None
     for warning in warnings:
         logger.warning(warning)
         print(f"!!! {name}: {warning}")
@@ -382,34 +646,60 @@ def _summarise_pair(name: str, student: str, teacher: str, rows: list[dict], sum
         "teacher_score": teacher_score,
         "student_scores": baseline,
         "warnings": warnings,
-        "alignment_cosine": {w: r["val_cosine"] for w, r in summary2["windows"].items()},
+        "alignment": _alignment_info(alignment),
+        "alignment_cosine": {
+            w: alignment["summaries"][alignment["chosen"][w]]["windows"][w]["val_cosine"] for w in alignment["chosen"]
+        },
     }
+
+
+def _alignment_info(alignment: dict) -> dict:
+    """Per alignment stage: texts read, epochs run of the most allowed, held-out cosine per window."""
+    info = {}
+    for stage, summary in alignment["summaries"].items():
+        info[stage] = {
+            "num_texts": summary.get("num_texts"),
+            "num_segments": summary.get("num_segments"),
+            "epochs_run": summary.get("epochs_run"),
+            "max_epochs": summary.get("max_epochs"),
+            "patience": summary.get("patience"),
+            "val_cosine": {w: r["val_cosine"] for w, r in summary["windows"].items()},
+            "best_epoch": {w: r["best_epoch"] for w, r in summary["windows"].items()},
+            "mean_predictor_cosine": summary["mean_predictor"]["cosine"],
+        }
+    info["chosen"] = alignment["chosen"]
+    return info
 
 
 def _count(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else (f"{n / 1e3:.1f}K" if n >= 1e3 else str(n))
 
 
+def _fmt(value, pct: bool = False) -> str:
+    if value is None:
+        return ""
+    return f"{100 * value:.0f}%" if pct else (f"{value:.2f}" if isinstance(value, float) else str(value))
+
+
 def format_results(results: dict) -> str:
-    """Markdown: one table per pair, the metric beside params, latency, cosine and recovery."""
-    task = results["task"]
-    metric_cols = {
-        "pos": ["accuracy", "macro_f1"],
-        "ner": ["micro_f1", "macro_f1"],
-        "qa": ["exact", "f1", "HasAns_f1", "NoAns_f1", "best_f1"],
-    }
-    cols = metric_cols[task]
+    """Markdown: per pair, the alignment stages, the rows at the main label budget (metric beside
+    params, latency, cosine, recovery), the label sweep and the stage-3 comparison."""
+    task = get_task(results["task"])
+    cols = list(task.columns)
     info = results["data"]
-    stage1, stage2 = results["config"].get("stage1") or {}, results["config"].get("stage2") or {}
+    config = results["config"]
+    main = results.get("main_labels", info["train_items"])
+    min_steps = (config.get("finetune") or {}).get("min_steps", 0)
     lines = [
-        f"# {task.upper()} results, profile {results['profile']}",
+        f"# {results['task'].upper()} results, profile {results['profile']}",
         "",
-        f"Train: {info['train_items']} of {info['train_available']} items from `{info['train_file']}`; "
+        f"Training split: {info['train_available']} items in `{info['train_file']}`; labelled budgets "
+        f"{results.get('labels', [main])} (the main tables use {main}; smaller budgets are subsets of larger ones); "
         f"evaluated on {info['eval_items']} of {info['eval_available']} from `{info['eval_file']}`.  ",
-        f"Alignment: stage 1 on {stage1.get('max_texts', 'default')} corpus sentences "
-        f"({stage1.get('epochs', 'default')} epochs), stage 2 on the training text ({stage2.get('epochs', 'default')} "
-        f"epochs); task fine-tuning {results['config'].get('epochs')} epochs, "
-        f"seed {results['config'].get('seed', 0)}.  ",
+        f"Stage 2 text: `{config.get('stage2_texts', 'all')}` of the training split (labels never read)"
+        + (f" plus `{config['extra_texts']}`" if config.get("extra_texts") else "")
+        + f"; task fine-tuning {config.get('epochs')} epochs (at least {min_steps} steps), seed "
+        f"{config.get('seed', 0)}; KD settings {json.dumps(config.get('kd') or {})}.  ",
         f"Command: `{results.get('command', '')}`  ",
         f"Machine: {results.get('machine', '')}",
     ]
@@ -423,48 +713,110 @@ def format_results(results: dict) -> str:
             "F1 near it means a model that mostly answers 'no answer'; HasAns_f1 shows whether it finds spans."
         )
     for pair in results["pairs"]:
+        rows = [r for r in results["rows"] if r["pair"] == pair["name"]]
         lines += ["", f"## {pair['name']}: {pair['student']} -> {pair['teacher']}", ""]
-        for warning in pair["warnings"]:
-            lines += [f"**WARNING: {warning}**", ""]
-        lines.append(
-            "| row | " + " | ".join(cols) + " | params | trained | ms b1 | ms b32 | cos to teacher | "
-            "recovery | vs random | share of teacher |"
-        )
-        lines.append("|---" * (len(cols) + 9) + "|")
-        for row in (r for r in results["rows"] if r["pair"] == pair["name"]):
-
-            def fmt(v, pct=False):
-                if v is None:
-                    return ""
-                return f"{100 * v:.0f}%" if pct else (f"{v:.2f}" if isinstance(v, float) else str(v))
-
-            lines.append(
-                f"| {row['name']} | "
-                + " | ".join(f"{row[c]:.2f}" for c in cols)
-                + f" | {_count(row['params'])} | {_count(row['params_trained'])} | {row['latency_ms_b1']:.1f} | "
-                f"{row['latency_ms_b32']:.1f} | {fmt(row.get('cosine_to_teacher'))} | "
-                f"{fmt(row.get('recovery'), True)} | {fmt(row.get('gain_over_random'))} | "
-                f"{fmt(row.get('share_of_teacher'), True)} |"
-            )
+        lines += [f"**WARNING: {warning}**\n" for warning in pair["warnings"]]
+        lines += _alignment_table(pair.get("alignment") or {})
+        lines += ["", f"### Every row at {main} labels", ""]
+        lines += _rows_table([r for r in rows if r["kind"] != "variant" and r.get("labels") in (None, 0, main)], cols)
+        lines += _sweep_table(rows, task.main_metric)
+        variants = [r for r in rows if r["kind"] == "variant"]
+        if variants:
+            lines += ["", f"### Stage 3 settings compared ({main} labels)", ""]
+            lines += _rows_table(variants, cols)
     lines += [
         "",
-        "recovery = (AlAd - student in the same mode) / (teacher - student in the same mode); "
-        "vs random = AlAd minus the random-init adapter trained the same way (points); share of teacher "
-        "= teacher-head score / teacher score (no task labels used for the student). Latency: CPU, median, "
-        f"{results['config'].get('latency_seq_len', 32)} tokens per sequence.",
+        "recovery = (row - student alone in the same mode and budget) / (teacher - that student); vs random = row "
+        "minus the random-init adapter trained the same way (points); share of teacher = teacher-head score / teacher "
+        "score (no task labels used for the student). KD rows read the teacher's soft predictions on the labelled "
+        "items and on unlabelled items of the training split (column 'unlabelled'), never their gold labels. "
+        f"Latency: CPU, median, {config.get('latency_seq_len', 32)} tokens per sequence, measured for the rows "
+        "of the main budget. 'cos to teacher' is measured on adapter rows only (held-out evaluation texts).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _alignment_table(alignment: dict) -> list[str]:
+    if not alignment:
+        return []
+    chosen = alignment.get("chosen", {})
+    lines = [
+        "| alignment stage | texts | epochs run / max | held-out cosine | mean-token cosine | used |",
+        "|---|---|---|---|---|---|",
+    ]
+    for stage, info in alignment.items():
+        if stage == "chosen":
+            continue
+        cosines = ", ".join(f"w{w} {c:.4f}" for w, c in info["val_cosine"].items())
+        used = ", ".join(f"w{w}" for w, s in chosen.items() if s == stage)
+        lines.append(
+            f"| {stage} | {info['num_texts']} | {info['epochs_run']} / {info['max_epochs']} | {cosines} | "
+            f"{info['mean_predictor_cosine']:.4f} | {used} |"
+        )
+    return lines
+
+
+def _rows_table(rows: list[dict], cols: list[str]) -> list[str]:
+    lines = [
+        "| row | " + " | ".join(cols) + " | params | trained | unlabelled | ms b1 | ms b32 | cos to teacher | "
+        "recovery | vs random | share of teacher |",
+        "|---" * (len(cols) + 10) + "|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['name']} | "
+            + " | ".join(f"{row[c]:.2f}" for c in cols)
+            + f" | {_count(row['params'])} | {_count(row['params_trained'])} | {row.get('unlabelled_items') or ''} | "
+            f"{_fmt(row.get('latency_ms_b1'))} | {_fmt(row.get('latency_ms_b32'))} | "
+            f"{_fmt(row.get('cosine_to_teacher'))} | {_fmt(row.get('recovery'), True)} | "
+            f"{_fmt(row.get('gain_over_random'))} | {_fmt(row.get('share_of_teacher'), True)} |"
+        )
+    return lines
+
+
+def _sweep_table(rows: list[dict], metric: str) -> list[str]:
+    budgets = sorted({r["labels"] for r in rows if r.get("labels")})
+    if len(budgets) < 2:
+        return []
+    names = list(dict.fromkeys(r["name"] for r in rows if r["kind"] != "variant"))
+    score = {(r["name"], r.get("labels")): r["main"] for r in rows}
+    lines = ["", f"### {metric} at every label budget", "", "| row | " + " | ".join(map(str, budgets)) + " |"]
+    lines.append("|---" * (len(budgets) + 1) + "|")
+    for name in names:
+        fixed = score.get((name, None), score.get((name, 0)))
+        cells = [_fmt(fixed if fixed is not None else score.get((name, b))) for b in budgets]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _short_label(row: dict) -> str:
     if row["kind"] == "teacher":
         return "teacher"
-    prefix = {"student": "student", "alad": "AlAd", "random": "random"}[row["kind"]]
+    prefix = {
+        "student": "student",
+        "student-kd": "student+KD",
+        "alad": "AlAd",
+        "alad-kd": "AlAd+KD",
+        "random": "random",
+        "variant": "AlAd",
+    }[row["kind"]]
     return f"{prefix} {row.get('mode') or ''}".strip()
 
 
+_STYLES = {
+    "teacher": ("*", "tab:red"),
+    "student": ("s", "tab:grey"),
+    "student-kd": ("D", "tab:green"),
+    "alad": ("o", "tab:blue"),
+    "alad-kd": ("P", "tab:purple"),
+    "random": ("x", "tab:orange"),
+    "variant": ("v", "tab:cyan"),
+}
+
+
 def plot_results(results: dict, out: Path) -> None:
-    """Metric against parameters and against batch-1 latency: one panel per pair, one marker per row."""
+    """Metric against parameters and against batch-1 latency (rows of the main budget), and against
+    the label budget: one panel per pair."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -473,12 +825,6 @@ def plot_results(results: dict, out: Path) -> None:
     from alad.serialization import atomic_write
 
     metric = main_metric(results["task"])
-    styles = {
-        "teacher": ("*", "tab:red"),
-        "student": ("s", "tab:grey"),
-        "alad": ("o", "tab:blue"),
-        "random": ("x", "tab:orange"),
-    }
     pairs = [p["name"] for p in results["pairs"]]
     for x_key, x_label, file in (
         ("params", "parameters (millions)", "metric_vs_params.png"),
@@ -486,18 +832,69 @@ def plot_results(results: dict, out: Path) -> None:
     ):
         fig, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4.5), squeeze=False)
         for ax, pair in zip(axes[0], pairs, strict=True):
-            for row in (r for r in results["rows"] if r["pair"] == pair):
+            for row in (r for r in results["rows"] if r["pair"] == pair and r.get("latency_ms_b1") is not None):
                 x = row[x_key] / 1e6 if x_key == "params" else row[x_key]
-                marker, color = styles[row["kind"]]
+                marker, color = _STYLES[row["kind"]]
                 ax.scatter(x, row["main"], marker=marker, color=color, s=70, label=row["kind"])
                 ax.annotate(_short_label(row), (x, row["main"]), textcoords="offset points", xytext=(5, 3), fontsize=7)
-            handles, labels = ax.get_legend_handles_labels()
-            unique = dict(zip(labels, handles, strict=True))
-            ax.legend(unique.values(), unique.keys(), fontsize=8, loc="lower right")
-            ax.set_xlabel(x_label)
-            ax.set_ylabel(metric)
-            ax.set_title(f"{results['task'].upper()} ({results['profile']}): {pair}", fontsize=10)
-            ax.grid(alpha=0.3)
+            _finish_axes(ax, x_label, metric, f"{results['task'].upper()} ({results['profile']}): {pair}")
         fig.tight_layout()
         atomic_write(out / file, lambda tmp, f=fig: f.savefig(tmp, format="png", dpi=120))
         plt.close(fig)
+    if len(results.get("labels") or []) > 1:
+        plot_label_sweep(results, out / "metric_vs_labels.png")
+
+
+def plot_label_sweep(results: dict, path: Path) -> None:
+    """The main metric against the number of labelled training items, one line per row; rows that use
+    no student label (teacher, teacher-head) are flat lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from alad.serialization import atomic_write
+
+    metric = main_metric(results["task"])
+    pairs = [p["name"] for p in results["pairs"]]
+    budgets = results["labels"]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(7 * len(pairs), 5), squeeze=False)
+    for ax, pair in zip(axes[0], pairs, strict=True):
+        rows = [r for r in results["rows"] if r["pair"] == pair and r["kind"] != "variant"]
+        for name in dict.fromkeys(r["name"] for r in rows):
+            points = sorted((r["labels"], r["main"]) for r in rows if r["name"] == name and r.get("labels"))
+            kind = next(r["kind"] for r in rows if r["name"] == name)
+            marker, color = _STYLES[kind]
+            style = "--" if "joint" in name or "full" in name else "-"
+            if len(points) > 1:
+                ax.plot(
+                    *zip(*points, strict=True),
+                    marker=marker,
+                    color=color,
+                    linestyle=style,
+                    label=_short_label(next(r for r in rows if r["name"] == name)),
+                )
+            else:
+                flat = next(r["main"] for r in rows if r["name"] == name)
+                ax.axhline(
+                    flat,
+                    color=color,
+                    linestyle=":",
+                    label=f"{_short_label(next(r for r in rows if r['name'] == name))} (no student labels)",
+                )
+        ax.set_xscale("log")
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        _finish_axes(ax, "labelled training items", metric, f"{results['task'].upper()} ({results['profile']}): {pair}")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def _finish_axes(ax, x_label: str, metric: str, title: str) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower right")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(metric)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)

@@ -123,9 +123,7 @@ def config_from_dict(cls: type[T], data: dict[str, Any], what: str) -> T:
     return cls(**values)
 
 
-def check_header(
-    header: dict[str, Any], kind: str, path: Path, versions: tuple[int, ...] = (FORMAT_VERSION,)
-) -> None:
+def check_header(header: dict[str, Any], kind: str, path: Path, versions: tuple[int, ...] = (FORMAT_VERSION,)) -> None:
     """Refuse artefacts of another kind or format version with a message naming both."""
     if not isinstance(header, dict):
         raise ArtefactError(f"{path} holds no alad header (a JSON object); re-create it with alad")

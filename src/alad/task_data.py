@@ -214,4 +214,3 @@ def disjoint_splits(
         info["unit"],
     )
     return train, evaluation, info
-

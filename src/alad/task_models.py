@@ -39,6 +39,7 @@ from alad.serialization import (
     weights_checksums,
     write_json_atomic,
 )
+from alad.tasks import TASKS, get_task
 
 TASK_MODEL_KIND = "alad_task_model"
 TASK_CONFIG = "task_config.json"
@@ -59,11 +60,11 @@ class TaskModelConfig:
     version: int = field(default=FORMAT_VERSION, metadata={"help": "format version"})
 
     def __post_init__(self) -> None:
-        if self.task not in ("pos", "ner", "qa"):
-            raise ValueError(f"task must be pos, ner or qa, got {self.task!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {sorted(TASKS)}, got {self.task!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.task != "qa" and not self.labels:
+        if get_task(self.task).has_labels and not self.labels:
             raise ValueError(f"a {self.task} model needs its label set")
         self.labels = tuple(self.labels)
 
@@ -90,7 +91,7 @@ class AladTaskModel(nn.Module):
                 f"the adapter expects student states of width {adapter.config.student_dim} but this encoder has "
                 f"{encoder.config.hidden_size}: it was aligned for another student"
             )
-        outputs = 2 if config.task == "qa" else len(config.labels)
+        outputs = get_task(config.task).head_outputs(config.labels)
         if head is not None and (head.in_features, head.out_features) != (width, outputs):
             raise ValueError(
                 f"the head maps {head.in_features} -> {head.out_features} but this model needs {width} -> {outputs} "

@@ -57,11 +57,14 @@ class ResumableLoop:
         self,
         train_step: Callable[[Any], dict[str, Any]],
         end_epoch: Callable[[int], None] | None = None,
+        converged: Callable[[], bool] | None = None,
     ) -> bool:
         """Call ``train_step(batch)`` (it returns the progress-bar postfix) for every batch not yet done.
 
-        ``end_epoch(epoch)`` runs after each epoch, before the epoch-end checkpoint. Returns False when
-        the run stopped early at ``stop_after_steps`` (a checkpoint was written), True when it finished.
+        ``end_epoch(epoch)`` runs after each epoch, before the epoch-end checkpoint. ``converged()`` is
+        asked before each epoch starts; True ends training there (early stopping). It must read only
+        state the checkpoint restores, so a resumed run stops at the same epoch. Returns False when
+        the run stopped at ``stop_after_steps`` (a checkpoint was written), True when it finished.
         """
         progress = tqdm(
             total=self.total_steps(),
@@ -72,6 +75,8 @@ class ResumableLoop:
         )
         try:
             for epoch in range(self.start_epoch, self.epochs):
+                if converged is not None and converged():
+                    break
                 for index, batch in enumerate(self.batches_for_epoch(epoch)):
                     if epoch == self.start_epoch and index < self.start_batch:
                         continue

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from alad.task_data import TASK_FORMATS as _DATA_FOR_TASK  # the data formats each task reads
+
 
 class NonFiniteLossError(ValueError):
     """Training diverged: the loss (or gradient) became NaN or infinite."""
@@ -76,6 +78,13 @@ RANGES: dict[str, Range] = {
     "doc_stride": Range(1, example="128"),
     "max_answer_length": Range(1, example="30"),
     "squad_dev_articles_to_train": Range(0, example="0"),
+    "min_steps": Range(0, example="150"),
+    "kd_weight": Range(0, 1, example="0.5"),
+    "kd_temperature": Range(0, low_open=True, example="2"),
+    "kd_max_texts": Range(1, example="4000"),
+    "align_weight": Range(0, example="1.0"),
+    "patience": Range(1, example="2"),
+    "min_delta": Range(0, example="0.0001"),
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -154,7 +163,6 @@ def validate_config(config: Any) -> None:
             raise ValueError(f"{_flag(f.name)} must be one of {', '.join(CHOICES[f.name])}, got {value!r}")
 
 
-_DATA_FOR_TASK = {"ner": ("conll2003", "conllu"), "pos": ("conllu", "conll2003"), "qa": ("squad",)}
 _SPLITS = ("train", "dev", "test")
 
 
@@ -170,9 +178,7 @@ def validate_finetune_config(config: Any) -> None:
             if getattr(config, name) not in _SPLITS:
                 raise ValueError(f"{_flag(name)} must be train, dev or test, got {getattr(config, name)!r}")
     if config.task == "qa" and config.doc_stride >= config.max_length:
-        raise ValueError(
-            f"--doc-stride ({config.doc_stride}) must be smaller than --max-length ({config.max_length})"
-        )
+        raise ValueError(f"--doc-stride ({config.doc_stride}) must be smaller than --max-length ({config.max_length})")
 
 
 def check_layer(encoder: Any, layer: int, flag: str) -> None:
@@ -247,39 +253,3 @@ def check_usable_tokens(train_tokens: int, val_tokens: int, num_texts: int) -> N
             "tokens that both models can pair): are the texts only zero-width, combining or control characters? "
             "Pass a corpus of real text"
         )
-
-
-def check_recipe(config: dict[str, Any]) -> None:
-    """Every setting of an ``alad run`` recipe, before its output folder is touched."""
-    from alad.alignment import AlignConfig
-    from alad.run_folder import check_path_name
-    from alad.runner import _finetune_config
-
-    for pair in config.get("pairs") or []:
-        if not isinstance(pair, dict) or "student" not in pair or "teacher" not in pair:
-            raise ValueError(f"each pair needs a student and a teacher, got {pair!r}")
-        if pair.get("name") is not None:
-            check_path_name(pair["name"], "pair name")
-    windows = config.get("windows")
-    if not isinstance(windows, list | tuple) or not windows:
-        raise ValueError(f"windows must be a list of odd window sizes such as [1, 3], got {windows!r}")
-    for key in ("stage1", "stage2"):
-        if not isinstance(config.get(key) or {}, dict):
-            raise ValueError(f"{key} must be a mapping of alignment options, got {config.get(key)!r}")
-    names = {f.name for f in dataclasses.fields(AlignConfig)}
-    for key in ("stage1", "stage2"):
-        values = dict(config.get(key) or {})
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"{key} has unknown options {unknown}; known: {sorted(names)}")
-        AlignConfig(**{"windows": tuple(windows), **({"max_texts": None} if key == "stage2" else {}), **values})
-    finetune = config.get("finetune") or {}
-    if not isinstance(finetune, dict):
-        raise ValueError(f"finetune must be a mapping of fine-tuning options, got {finetune!r}")
-    try:
-        _finetune_config(config, mode="joint", adapter=None, teacher=None, head_init="random")
-    except TypeError as err:
-        raise ValueError(f"finetune: {err}; see alad finetune --help for the options") from err
-    for mode in config.get("modes") or []:
-        if mode not in ("frozen", "joint", "head-only", "teacher-head"):
-            raise ValueError(f"modes: {mode!r} is not one of frozen, joint, head-only, teacher-head")
