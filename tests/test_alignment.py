@@ -432,3 +432,42 @@ def test_real_packaged_pair_aligns_across_tokenizers(tmp_path):
         assert row["val_cosine"] > row["val_cosine_init"] + 0.2
     reloaded = AlignmentAdapter.from_pretrained(tmp_path / "run" / "w3")
     assert (reloaded.config.student_dim, reloaded.config.teacher_dim) == (384, 768)
+
+
+# --------------------------------------------------------------------------------------------------
+# alignment to convergence: patience and the plateau schedule
+
+
+def test_stalled_and_plateau_epochs_count_from_the_history():
+    from alad.alignment import plateau_epochs, stalled_epochs
+
+    history = [{"val_cosine": c} for c in (0.5, 0.6, 0.6, 0.65, 0.64, 0.64)]
+    assert stalled_epochs(history, 1e-4) == 2  # the last two did not beat 0.65
+    assert plateau_epochs(history, 1e-4) == 3  # 0.6 (again), 0.64, 0.64
+    assert stalled_epochs(history[:4], 1e-4) == 0 and stalled_epochs([], 1e-4) == 0
+    assert stalled_epochs(history[:4], 0.2) == 3  # gains below min_delta do not count
+
+
+def test_patience_stops_and_the_plateau_schedule_resumes_exactly(run_settings, tmp_path):
+    settings = {**run_settings, "epochs": 40, "patience": 1, "schedule": "plateau", "lr": 3e-2}
+    reference = align(tmp_path / "reference", **settings)
+    assert reference["patience"] == 1 and reference["max_epochs"] == 40
+    assert reference["epochs_run"] < 40  # stopped on the held-out cosine, not at the maximum
+    for row in reference["windows"].values():
+        assert len(row["history"]) <= reference["epochs_run"]
+    assert "ran" in format_summary(reference) and "of at most 40 epochs (patience 1)" in format_summary(reference)
+    out = tmp_path / "resumed"
+    assert align(out, **settings, stop_after_steps=11) == {"interrupted_at_step": 11}
+    resumed = align(out, **settings)
+    assert json.loads((out / "summary.json").read_text()) == json.loads(
+        (tmp_path / "reference" / "summary.json").read_text()
+    )
+    assert resumed["epochs_run"] == reference["epochs_run"]
+    for window in (1, 3):
+        expected, got = _load(tmp_path / "reference", window).state_dict(), _load(out, window).state_dict()
+        assert all(torch.equal(expected[name], got[name]) for name in expected)
+
+
+def test_schedule_must_be_known():
+    with pytest.raises(ValueError, match="schedule must be"):
+        AlignConfig(schedule="cosine")

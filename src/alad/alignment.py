@@ -99,6 +99,13 @@ class AlignConfig:
         },
     )
     min_delta: float = field(default=1e-4, metadata={"help": "smallest held-out cosine gain that counts (patience)"})
+    schedule: str = field(
+        default="linear",
+        metadata={
+            "help": "linear: warm-up, then linear decay to 0 at the last epoch; plateau: warm-up over the first "
+            "epoch, then constant, halved after every epoch whose held-out cosine does not improve (for --patience)"
+        },
+    )
     lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps with linear warm-up, then linear decay"})
@@ -125,6 +132,8 @@ class AlignConfig:
             raise ValueError("epochs and batch_tokens must be >= 1")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.schedule not in ("linear", "plateau"):
+            raise ValueError(f"schedule must be linear or plateau, got {self.schedule!r}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
         if self.max_texts is not None and self.max_texts < 2:
@@ -415,8 +424,10 @@ def align(
     for window, adapter in adapters.items():
         adapter.to(device)
         optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(total_steps, config.warmup_ratio))
-        trainers[window] = _Trainer(adapter, optimizer, scheduler)
+        trainer = trainers[window] = _Trainer(adapter, optimizer, None)
+        trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _lr_factor(config, steps_per_epoch, total_steps, trainer)
+        )
 
     extra = {
         "num_texts": len(texts),
@@ -505,6 +516,30 @@ def align(
     plot_history(summary, out / "alignment_curves.png")
     remove_own_files(out, CHECKPOINT_DIR, ["state.pt"])  # only what alad put there
     return summary
+
+
+def _lr_factor(config: AlignConfig, steps_per_epoch: int, total_steps: int, trainer: _Trainer):
+    """The LambdaLR factor of ``config.schedule``. The plateau factor is read from the trainer's
+    held-out history, which checkpoints restore, so a resumed run has the same learning rates."""
+    if config.schedule == "linear":
+        return warmup_linear_decay(total_steps, config.warmup_ratio)
+    warmup = max(1, int(round(steps_per_epoch * config.warmup_ratio)))
+
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / warmup) * 0.5 ** plateau_epochs(trainer.history, config.min_delta)
+
+    return factor
+
+
+def plateau_epochs(history: Sequence[dict[str, Any]], min_delta: float) -> int:
+    """Epochs whose held-out cosine did not beat the best before them by more than ``min_delta``."""
+    best, count = float("-inf"), 0
+    for entry in history:
+        if entry["val_cosine"] > best + min_delta:
+            best = entry["val_cosine"]
+        else:
+            count += 1
+    return count
 
 
 def stalled_epochs(history: Sequence[dict[str, Any]], min_delta: float) -> int:

@@ -91,6 +91,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "activation": ("gelu", "relu", "tanh", "silu"),
     "corpus_format": ("auto", "text", "conll2003", "conllu", "squad", "squad-pairs"),
     "tag": ("upos", "xpos"),
+    "schedule": ("linear", "plateau"),
 }
 _MODEL_FIELDS = ("student", "teacher")
 _MODEL_HINT = "a packaged name (all-MiniLM-L6-v2, all-mpnet-base-v2), a model folder or a hub id"
