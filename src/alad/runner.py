@@ -142,7 +142,7 @@ def _finetune_config(config: dict, stage3: bool = True, **fields: Any) -> Finetu
         values.update(config.get("finetune") or {})
     values.update(fields)
     if not values.get("adapter"):  # settings that act on an adapter do not apply to the student alone
-        values.update(align_weight=0.0, head_init="random")
+        values.update(align_weight=0.0, head_init="random", lr_adapter=None)
     return FinetuneConfig(**values)
 
 
@@ -409,8 +409,6 @@ def _run_pair(ctx: _Context, pair: dict) -> tuple[list[dict], dict]:
                     labels=0,
                 )
             )
-        for budget in ctx.budgets:
-            rows += stage3_rows(ctx, runner, budget, window, adapter_dir, random_dir)
         for stage, folder in alignment["variants"].items():  # stage 1 or not: the label-free comparison
             rows.append(
                 runner.run(
@@ -427,8 +425,10 @@ def _run_pair(ctx: _Context, pair: dict) -> tuple[list[dict], dict]:
                 )
             )
         compare = ctx.config.get("stage3_compare") or {}
-        if compare and compare.get("pair", name) == name:
+        if compare and compare.get("pair", name) == name:  # first: it decides the recipe's stage-3 settings
             rows += stage3_variants(runner, compare, window, adapter_dir, ctx.main_budget)
+        for budget in ctx.budgets:
+            rows += stage3_rows(ctx, runner, budget, window, adapter_dir, random_dir)
     return rows, _summarise_pair(name, student, pair["teacher"], rows, alignment, ctx.main_budget)
 
 
