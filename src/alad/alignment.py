@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from alad import distributed
 from alad.adapter import AdapterConfig, AlignmentAdapter
 from alad.cache import EmbeddingCache, TokenEmbeddings, corpus_hash, encode_spans
 from alad.models import MINILM, MPNET, Encoder, load_encoder, resolve_device
@@ -36,6 +37,7 @@ from alad.serialization import (
     write_json_atomic,
     write_text_atomic,
 )
+from alad.streaming import AlignmentStream, Chunk, StreamBatch, pad_batch, token_batches
 from alad.tokenizer_alignment import AlignText, segment_texts, teacher_targets
 from alad.training_loop import ResumableLoop, optimizer_step, rng_state, set_rng_state
 from alad.validation import (
@@ -52,6 +54,8 @@ RUN_CONFIG = "run_config.json"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 CHECKPOINT_DIR = "checkpoint"
+SHARD_TEXTS = 2048
+"""Texts per embedding-cache shard: the unit of streaming, and of the cache build under several processes."""
 
 
 @dataclass
@@ -111,6 +115,13 @@ class AlignConfig:
     warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps with linear warm-up, then linear decay"})
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm per adapter (0: off)"})
     batch_tokens: int = field(default=1024, metadata={"help": "padded tokens per batch"})
+    buffer_tokens: int = field(
+        default=300_000,
+        metadata={
+            "help": "most cached tokens held in memory: training streams the cache shard by shard and shuffles "
+            "within this buffer (a corpus whose training tokens fit is shuffled as a whole)"
+        },
+    )
     val_fraction: float = field(default=0.1, metadata={"help": "share of texts held out for validation"})
     seed: int = field(default=0, metadata={"help": "seed for split, batching, init and dropout"})
     checkpoint_every: int = field(default=50, metadata={"help": "also checkpoint every N steps (0: epoch ends only)"})
@@ -173,46 +184,25 @@ class AlignmentData:
 
     def collate(self, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
         """Pad a batch: student [B,T,d_s], attention mask [B,T], targets [B,T,d_t], loss mask [B,T]."""
-        width = max(self.student[i].shape[0] for i in indices)
-        d_s, d_t = self.student[indices[0]].shape[1], self.targets[indices[0]].shape[1]
-        x = torch.zeros(len(indices), width, d_s)
-        y = torch.zeros(len(indices), width, d_t)
-        attention = torch.zeros(len(indices), width)
-        counted = torch.zeros(len(indices), width, dtype=torch.bool)
-        for row, i in enumerate(indices):
-            length = self.student[i].shape[0]
-            x[row, :length] = self.student[i].float()
-            y[row, :length] = self.targets[i].float()
-            attention[row, :length] = 1
-            counted[row, :length] = self.loss_mask[i]
-        return x, attention, y, counted
+        return pad_batch(
+            [self.student[i] for i in indices], [self.targets[i] for i in indices], [self.loss_mask[i] for i in indices]
+        )
 
 
-def token_batches(lengths: Sequence[int], batch_tokens: int, seed: int) -> list[list[int]]:
-    """Batches of similar length under a padded-token budget, in a seeded random order."""
-    rng = random.Random(seed)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)  # ties between equal lengths are broken randomly, then sorted by length
-    order.sort(key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        if current and lengths[index] * (len(current) + 1) > batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    rng.shuffle(batches)
-    return batches
+def alignment_loss(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str = "mse", denominator: int | None = None
+) -> torch.Tensor:
+    """Mean over counted tokens of the per-token MSE (or 1 - cosine).
 
-
-def alignment_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str = "mse") -> torch.Tensor:
-    """Mean over counted tokens of the per-token MSE (or 1 - cosine)."""
+    ``denominator`` divides the sum instead of the number of counted tokens here: one process's share
+    of a global batch divides by the global batch's count, so the shares sum to the batch's mean.
+    """
     if kind == "mse":
         per_token = (pred - target).pow(2).mean(dim=-1)
     else:
         per_token = 1.0 - F.cosine_similarity(pred, target, dim=-1, eps=1e-6)
+    if denominator is not None:
+        return per_token[mask].sum() / max(denominator, 1)
     return per_token[mask].mean() if mask.any() else pred.sum() * 0.0
 
 
@@ -321,14 +311,22 @@ class _Trainer:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _save_checkpoint(out: Path, trainers: dict[int, _Trainer], epoch: int, batch: int, step: int, extra: dict) -> None:
+def _save_checkpoint(
+    out: Path, trainers: dict[int, _Trainer], epoch: int, batch: int, step: int, extra: dict, world: int = 1
+) -> None:
+    """Every process calls this (its random state is gathered); only the main one writes."""
+    states = distributed.gather(rng_state())
+    if not distributed.is_main():
+        return
     save_training_state(
         out / CHECKPOINT_DIR / "state.pt",
         {
             "epoch": epoch,
             "batch": batch,
             "step": step,
-            "rng": rng_state(),
+            "rng": states[0],
+            "world_size": world,
+            "rng_per_process": states,
             "extra": extra,
             "trainers": {
                 w: {
@@ -378,11 +376,20 @@ def align(
     resume from. ``device`` runs the models and adapters there (``cuda``, ``auto``); it is not part of
     the run's settings, so a run may resume on another device. Returns the run summary (also in
     ``summary.json``).
+
+    Training streams from the embedding cache (:mod:`alad.streaming`): at most ``buffer_tokens``
+    tokens of states are in memory at once. Started by ``torchrun`` or ``accelerate launch`` (several
+    processes), every process calls this with the same arguments: each embeds its share of the cache
+    shards and trains on its share of every global batch (gradients summed); only the main process
+    writes into ``out_dir`` (:mod:`alad.distributed`).
     """
     config = dataclasses.replace(config or AlignConfig(), **overrides)
     device = resolve_device(device)  # a wrong device fails before anything is written
+    ctx = distributed.setup(device)
+    device = ctx.device
     out = Path(out_dir)
-    check_align_inputs(out, config)  # run folder, cache folder, --init: before any work
+    # run folder, cache folder, --init: before any work, and on every process (one may lack a right)
+    distributed.agree(lambda: check_align_inputs(out, config))
     given = list(texts)[: config.max_texts] if texts is not None else None
     # Texts read from the config's corpus are named by the config; texts given here must match too.
     _check_same_run(out, config, corpus_hash(given) if given is not None else None)
@@ -401,25 +408,35 @@ def align(
     segments = segment_texts(texts, [(student.tokenizer, student.max_length), (teacher.tokenizer, teacher.max_length)])
     if len(segments) < 2:
         raise ValueError(f"the corpus has {len(segments)} non-empty texts; alignment needs at least 2")
+    if len(segments) < 2 * ctx.world_size:
+        raise ValueError(
+            f"{len(segments)} texts cannot be shared by {ctx.world_size} processes (each needs texts to train and to "
+            f"hold out); use at most {max(1, len(segments) // 2)} processes, or more texts"
+        )
     if len(segments) != len(texts):
         logger.info("%d texts became %d segments (blank lines dropped, long texts split)", len(texts), len(segments))
 
-    cache = EmbeddingCache(config.cache_dir and Path(config.cache_dir))
-    teacher_emb = cache.embed(teacher, segments, config.teacher_layer, show_progress)
-    student_emb = cache.embed(student, segments, config.student_layer, show_progress)
-    data = AlignmentData.from_embeddings(student_emb, teacher_emb, config.align_special_tokens)
+    progress = show_progress and ctx.is_main
+    cache = EmbeddingCache(config.cache_dir and Path(config.cache_dir), shard_size=SHARD_TEXTS)
+    teacher_cache = cache.build(teacher, segments, config.teacher_layer, progress)
+    student_cache = cache.build(student, segments, config.student_layer, progress)
+    stream = AlignmentStream(student_cache, teacher_cache, config.align_special_tokens, config.buffer_tokens)
 
-    order = list(range(len(data)))
+    order = list(range(len(stream)))
     random.Random(config.seed).shuffle(order)
     n_val = max(1, int(round(len(order) * config.val_fraction)))
-    val, train = data.subset(sorted(order[:n_val])), data.subset(sorted(order[n_val:]))
-    counted = [sum(int(m.sum()) for m in part.loss_mask) for part in (train, val)]
+    val_ids, train_ids = sorted(order[:n_val]), sorted(order[n_val:])
+    counted = [sum(stream.counted[i] for i in part) for part in (train_ids, val_ids)]
     check_usable_tokens(counted[0], counted[1], len(texts))
-    train_lengths = [t.shape[0] for t in train.student]
-    steps_per_epoch = len(token_batches(train_lengths, config.batch_tokens, config.seed))
-    total_steps = steps_per_epoch * config.epochs
+    val_chunks = stream.eval_chunks(val_ids)
 
-    adapters = _init_adapters(config, student_emb.hidden_size, teacher_emb.hidden_size)
+    def plan(epoch: int) -> list[StreamBatch]:
+        return stream.train_batches(train_ids, config.batch_tokens, config.seed, epoch)
+
+    steps_per_epoch = len(plan(0))
+    total_steps = sum(len(plan(epoch)) for epoch in range(config.epochs))
+
+    adapters = _init_adapters(config, student_cache.hidden_size, teacher_cache.hidden_size)
     trainers = {}
     for window, adapter in adapters.items():
         adapter.to(device)
@@ -429,24 +446,18 @@ def align(
             optimizer, _lr_factor(config, steps_per_epoch, total_steps, trainer)
         )
 
-    extra = {
-        "num_texts": len(texts),
-        "num_segments": len(segments),
-        "num_train": len(train),
-        "num_val": len(val),
-        "train_tokens": int(sum(m.sum() for m in train.loss_mask)),
-        "val_tokens": int(sum(m.sum() for m in val.loss_mask)),
-        "unpaired_student_tokens": int(sum((~m).sum() for m in data.loss_mask)),
-        "student_dim": student_emb.hidden_size,
-        "teacher_dim": teacher_emb.hidden_size,
-        "mean_predictor": mean_predictor_metrics(train, val),
-    }
     start_epoch, start_batch, step = 0, 0, 0
     checkpoint = load_training_state(out / CHECKPOINT_DIR / "state.pt")
     if checkpoint is not None:
         if set(checkpoint["trainers"]) != set(trainers):
             raise ArtefactError(
                 f"checkpoint in {out} trained windows {sorted(checkpoint['trainers'])}, not {sorted(trainers)}"
+            )
+        saved_world = checkpoint.get("world_size", 1)
+        if saved_world != ctx.world_size:
+            raise ValueError(
+                f"the checkpoint in {out} was written by {saved_world} process(es); resume it with {saved_world} "
+                f"(now {ctx.world_size}): each process's share of every batch, and its dropout, must stay the same"
             )
         for window, saved in checkpoint["trainers"].items():
             t = trainers[window]
@@ -455,48 +466,81 @@ def align(
             t.scheduler.load_state_dict(saved["scheduler"])
             t.best, t.history = saved["best"], saved["history"]
         start_epoch, start_batch, step = checkpoint["epoch"], checkpoint["batch"], checkpoint["step"]
-        extra["initial"] = checkpoint["extra"]["initial"]
-        set_rng_state(checkpoint["rng"])
+        extra = checkpoint["extra"]
+        set_rng_state(checkpoint.get("rng_per_process", [checkpoint["rng"]])[ctx.rank])
         logger.info("resuming %s at epoch %d, batch %d (step %d)", out, start_epoch + 1, start_batch, step)
     else:
-        extra["initial"] = {w: evaluate_adapter(t.adapter, val) for w, t in trainers.items()}
-        torch.manual_seed(config.seed)
-    claim_run_folder(out, "alignment_run")  # the marker is the first file alad writes there
-    write_json_atomic(
-        out / RUN_CONFIG,
-        {"kind": "alignment_run", "config": config_to_dict(config), "texts_sha256": texts_sha256},
-    )
+        extra = {
+            "num_texts": len(texts),
+            "num_segments": len(segments),
+            "num_train": len(train_ids),
+            "num_val": len(val_ids),
+            "train_tokens": counted[0],
+            "val_tokens": counted[1],
+            "unpaired_student_tokens": sum(stream.lengths) - sum(stream.counted),
+            "student_dim": student_cache.hidden_size,
+            "teacher_dim": teacher_cache.hidden_size,
+            "mean_predictor": _streamed_mean_predictor(stream, train_ids, val_chunks, ctx),
+        }
+        extra["initial"] = _evaluate_streamed({w: t.adapter for w, t in trainers.items()}, stream, val_chunks, ctx)
+        torch.manual_seed(config.seed if ctx.rank == 0 else config.seed + 7919 * ctx.rank)  # own dropout per process
+    if ctx.is_main:
+        claim_run_folder(out, "alignment_run")  # the marker is the first file alad writes there
+        write_json_atomic(
+            out / RUN_CONFIG,
+            {"kind": "alignment_run", "config": config_to_dict(config), "texts_sha256": texts_sha256},
+        )
 
-    def train_step(batch: list[int]) -> dict[str, float]:
-        x, attention, y, counted = (t.to(device) for t in train.collate(batch))
+    def train_step(batch: StreamBatch) -> dict[str, float]:
+        stream.ensure(batch.chunk.needed(ctx.rank, ctx.world_size))  # a new chunk: its shards, once
+        rows = batch.ids[ctx.rank :: ctx.world_size]
         losses = {}
+        if not ctx.active:
+            x, attention, y, counted = (t.to(device) for t in stream.collate(rows))
+            for window, t in trainers.items():
+                t.adapter.train()
+                loss = alignment_loss(t.adapter(x, attention), y, counted, config.loss)
+                optimizer_step(loss, t.optimizer, t.scheduler, t.adapter.parameters(), config.grad_clip)
+                losses[f"w{window}"] = round(loss.item(), 4)
+            return losses
+        total = sum(stream.counted[i] for i in batch.ids)
+        tensors = tuple(t.to(device) for t in stream.collate(rows)) if rows else None
         for window, t in trainers.items():
             t.adapter.train()
-            loss = alignment_loss(t.adapter(x, attention), y, counted, config.loss)
-            optimizer_step(loss, t.optimizer, t.scheduler, t.adapter.parameters(), config.grad_clip)
+            if tensors is None:  # fewer texts in this batch than processes: this one adds nothing
+                loss = torch.zeros((), device=device)
+            else:
+                x, attention, y, counted = tensors
+                loss = alignment_loss(t.adapter(x, attention), y, counted, config.loss, denominator=total)
+            loss = distributed.data_parallel_step(
+                loss, t.optimizer, t.scheduler, t.adapter.parameters(), config.grad_clip
+            )
             losses[f"w{window}"] = round(loss.item(), 4)
         return losses
 
     def end_epoch(epoch: int) -> None:
         for window, t in trainers.items():
             check_finite_parameters(t.adapter.parameters(), f"adapter w{window}")  # never saved as best
-            metrics = evaluate_adapter(t.adapter, val)
+        scores = _evaluate_streamed({w: t.adapter for w, t in trainers.items()}, stream, val_chunks, ctx)
+        for window, t in trainers.items():
+            metrics = scores[window]
             t.history.append({"epoch": epoch + 1, "val_mse": metrics["mse"], "val_cosine": metrics["cosine"]})
             if not t.best or metrics["mse"] < t.best["val_mse"]:
                 t.best = {"epoch": epoch + 1, "val_mse": metrics["mse"], "val_cosine": metrics["cosine"]}
-                t.adapter.save_pretrained(out / f"w{window}", metadata=_adapter_metadata(config, t, extra))
+                if ctx.is_main:
+                    t.adapter.save_pretrained(out / f"w{window}", metadata=_adapter_metadata(config, t, extra))
 
     loop = ResumableLoop(
         config.epochs,
-        lambda epoch: token_batches(train_lengths, config.batch_tokens, config.seed + epoch),
-        lambda epoch, batch, step: _save_checkpoint(out, trainers, epoch, batch, step, extra),
+        plan,
+        lambda epoch, batch, step: _save_checkpoint(out, trainers, epoch, batch, step, extra, ctx.world_size),
         start_epoch=start_epoch,
         start_batch=start_batch,
         start_step=step,
         checkpoint_every=config.checkpoint_every,
         stop_after_steps=stop_after_steps,
         description=f"aligning w{','.join(map(str, trainers))}",
-        show_progress=show_progress,
+        show_progress=progress,
     )
 
     def converged() -> bool:
@@ -504,18 +548,91 @@ def align(
             stalled_epochs(t.history, config.min_delta) >= config.patience for t in trainers.values()
         )
 
-    if not loop.run(train_step, end_epoch, converged):
+    finished = loop.run(train_step, end_epoch, converged)
+    stream.release()
+    if not finished:
+        distributed.barrier()  # the checkpoint is written when every process returns
         return {"interrupted_at_step": loop.step}
 
     summary = _summarise(config, trainers, extra)
-    for window, t in trainers.items():  # refresh the saved metadata with the full history
-        best = AlignmentAdapter.from_pretrained(out / f"w{window}")
-        best.save_pretrained(out / f"w{window}", metadata=_adapter_metadata(config, t, extra))
-    write_json_atomic(out / SUMMARY_JSON, summary)
-    write_text_atomic(out / SUMMARY_MD, format_summary(summary))
-    plot_history(summary, out / "alignment_curves.png")
-    remove_own_files(out, CHECKPOINT_DIR, ["state.pt"])  # only what alad put there
+    if ctx.is_main:
+        for window, t in trainers.items():  # refresh the saved metadata with the full history
+            best = AlignmentAdapter.from_pretrained(out / f"w{window}")
+            best.save_pretrained(out / f"w{window}", metadata=_adapter_metadata(config, t, extra))
+        write_json_atomic(out / SUMMARY_JSON, summary)
+        write_text_atomic(out / SUMMARY_MD, format_summary(summary))
+        plot_history(summary, out / "alignment_curves.png")
+        remove_own_files(out, CHECKPOINT_DIR, ["state.pt"])  # only what alad put there
+    distributed.barrier()
     return summary
+
+
+@torch.no_grad()
+def _evaluate_streamed(
+    adapters: dict[int, AlignmentAdapter], stream: AlignmentStream, chunks: Sequence[Chunk], ctx: distributed.Context
+) -> dict[int, dict[str, float]]:
+    """:func:`evaluate_adapter` of every adapter over the held-out chunks, in one pass over the cache.
+
+    Batch ``j`` of each chunk is scored by process ``j % world``; the sums are added over processes.
+    """
+    modes = {w: a.training for w, a in adapters.items()}
+    for adapter in adapters.values():
+        adapter.eval()
+    sums = {w: [0.0, 0.0, 0] for w in adapters}
+    for chunk in chunks:
+        mine = [b for j, b in enumerate(chunk.batches) if j % ctx.world_size == ctx.rank]
+        stream.ensure([i for b in mine for i in b])
+        for batch in mine:
+            x, attention, y, counted = (t.to(ctx.device) for t in stream.collate(batch))
+            for window, adapter in adapters.items():
+                pred = adapter(x, attention)
+                sums[window][0] += (pred - y).pow(2).mean(dim=-1)[counted].sum().item()
+                sums[window][1] += F.cosine_similarity(pred, y, dim=-1, eps=1e-6)[counted].sum().item()
+                sums[window][2] += int(counted.sum())
+    for window, adapter in adapters.items():
+        adapter.train(modes[window])
+    windows = list(adapters)
+    if ctx.active:
+        flat = distributed.all_reduce_sum([v for w in windows for v in sums[w]])
+        sums = {w: [flat[3 * k], flat[3 * k + 1], int(flat[3 * k + 2])] for k, w in enumerate(windows)}
+    return {
+        w: {"mse": sq / max(count, 1), "cosine": cos / max(count, 1), "tokens": count}
+        for w, (sq, cos, count) in sums.items()
+    }
+
+
+def _streamed_mean_predictor(
+    stream: AlignmentStream, train_ids: Sequence[int], val_chunks: Sequence[Chunk], ctx: distributed.Context
+) -> dict[str, float]:
+    """:func:`mean_predictor_metrics` in two passes over the cache (float64 sums), shared by the processes."""
+    total, count = None, 0
+    for _, members in stream.chunks(train_ids, range(stream.num_shards)):
+        mine = members[ctx.rank :: ctx.world_size]
+        stream.ensure(mine)
+        for index in mine:
+            _, target, mask = stream.item(index)
+            part = target.double()[mask].sum(dim=0)
+            total = part if total is None else total + part
+            count += int(mask.sum())
+    if total is None:
+        total = torch.zeros(stream.teacher.hidden_size, dtype=torch.float64)
+    if ctx.active:
+        flat = distributed.all_reduce_sum([*total.tolist(), float(count)])
+        total, count = torch.tensor(flat[:-1], dtype=torch.float64), int(flat[-1])
+    mean = (total / max(count, 1)).float()
+    sq, cos, tokens = 0.0, 0.0, 0
+    for chunk in val_chunks:
+        mine = sorted(i for b in chunk.batches for i in b)[ctx.rank :: ctx.world_size]
+        stream.ensure(mine)
+        for index in mine:
+            _, target, mask = stream.item(index)
+            targets = target.float()[mask]
+            sq += (targets - mean).pow(2).mean(dim=-1).double().sum().item()
+            cos += F.cosine_similarity(targets, mean.expand_as(targets), dim=-1, eps=1e-6).double().sum().item()
+            tokens += int(mask.sum())
+    if ctx.active:
+        sq, cos, tokens = distributed.all_reduce_sum([sq, cos, float(tokens)])
+    return {"mse": sq / max(tokens, 1), "cosine": cos / max(tokens, 1)}
 
 
 def _lr_factor(config: AlignConfig, steps_per_epoch: int, total_steps: int, trainer: _Trainer):

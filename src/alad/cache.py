@@ -7,6 +7,13 @@ weights and config, the layer, the tokenizer's full definition, the maximum leng
 texts. Any change gives another key, hence a fresh build. Each shard is written atomically and
 recorded in the manifest with its SHA-256 only once complete, so an interrupted build resumes at
 the first missing shard, and a corrupt shard is detected and rebuilt.
+
+:meth:`EmbeddingCache.build` only makes sure the shards exist and returns a :class:`CachedStates`
+that reads them one shard (or one text) at a time through memory-mapped safetensors, so alignment
+can stream a corpus larger than memory; :meth:`EmbeddingCache.embed` reads every state at once.
+Under several processes (``torchrun``/``accelerate launch``) each process embeds its own share of
+the missing shards; the main process holds the lock, checks the cache and writes the manifest, and
+all wait for it before reading.
 """
 
 from __future__ import annotations
@@ -17,12 +24,14 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from alad import distributed
 from alad.file_lock import file_lock
 from alad.models import Encoder, cache_root, model_fingerprint, tokenizer_fingerprint
 from alad.run_folder import remove_stale_tmp
@@ -30,7 +39,6 @@ from alad.serialization import (
     FORMAT_VERSION,
     ArtefactError,
     file_sha256,
-    load_tensors,
     read_json,
     save_tensors_atomic,
     write_json_atomic,
@@ -59,6 +67,76 @@ class TokenEmbeddings:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+
+@dataclass
+class CachedStates:
+    """The cached token states of one model for a corpus, read on demand, never all at once.
+
+    Shard ``i`` holds texts ``shards[i]["start"] : + shards[i]["count"]``; :meth:`read_texts` copies the
+    states of the texts asked for out of the memory-mapped shard file and nothing else.
+    """
+
+    texts: list[AlignText]
+    spans: list[TokenSpans]
+    key: dict
+    directory: Path
+    shards: list[dict]
+    hidden_size: int = 0
+    _starts: list[int] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        self._starts = [entry["start"] for entry in self.shards]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def shard_of(self, index: int) -> int:
+        import bisect
+
+        return bisect.bisect_right(self._starts, index) - 1
+
+    def read_texts(self, shard: int, indices: Sequence[int]) -> dict[int, torch.Tensor]:
+        """States of the corpus texts ``indices`` (all in shard ``shard``), as float16 [T, d] copies."""
+        from safetensors import safe_open
+
+        entry = self.shards[shard]
+        path = self.directory / entry["file"]
+        lo, count = entry["start"], entry["count"]
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                lengths = handle.get_tensor("lengths").tolist()
+                expected = [len(s.input_ids) for s in self.spans[lo : lo + count]]
+                if lengths != expected or handle.get_tensor("input_ids").tolist() != [
+                    i for s in self.spans[lo : lo + count] for i in s.input_ids
+                ]:
+                    raise ArtefactError(
+                        f"cache shard {path} does not match the tokenised corpus; delete {self.directory} and run again"
+                    )
+                offsets = [0]
+                for length in lengths:
+                    offsets.append(offsets[-1] + length)
+                states = handle.get_slice("states")
+                out = {}
+                for index in indices:
+                    row = index - lo
+                    if not 0 <= row < count:
+                        raise IndexError(f"text {index} is not in cache shard {shard} ({lo}..{lo + count - 1})")
+                    out[index] = states[offsets[row] : offsets[row + 1]].clone()
+                return out
+        except (OSError, ValueError, RuntimeError) as err:
+            if isinstance(err, ArtefactError):
+                raise
+            raise ArtefactError(
+                f"cache shard {path} cannot be read ({err}); delete {self.directory} and run again"
+            ) from err
+
+    def read_all(self) -> list[torch.Tensor]:
+        states: list[torch.Tensor] = []
+        for shard, entry in enumerate(self.shards):
+            found = self.read_texts(shard, range(entry["start"], entry["start"] + entry["count"]))
+            states.extend(found[i] for i in sorted(found))
+        return states
 
 
 def display_name(name: str) -> str:
@@ -179,6 +257,19 @@ class EmbeddingCache:
         self, encoder: Encoder, texts: Sequence[AlignText], layer: int = -1, show_progress: bool = True
     ) -> TokenEmbeddings:
         """Return the encoder's token states for ``texts``, computing only what is not cached yet."""
+        cached = self.build(encoder, texts, layer, show_progress)
+        return TokenEmbeddings(
+            texts=cached.texts, spans=cached.spans, states=cached.read_all(), key=cached.key, directory=cached.directory
+        )
+
+    def build(
+        self, encoder: Encoder, texts: Sequence[AlignText], layer: int = -1, show_progress: bool = True
+    ) -> CachedStates:
+        """Make sure every shard of ``texts`` is cached (embedding the missing ones); read no state yet.
+
+        Under several processes every process calls this with the same arguments: each embeds its share
+        of the missing shards, the main process records them in the manifest, and all return together.
+        """
         texts = list(texts)
         if not texts:
             raise ValueError("no texts to embed: the corpus is empty")
@@ -188,15 +279,49 @@ class EmbeddingCache:
         # Check the whole corpus up front: indices are the corpus's, and no shard is built in vain.
         _check_lengths(encoder, [len(s.input_ids) for s in spans])
         num_shards = (len(texts) + self.shard_size - 1) // self.shard_size
-        # One process at a time per entry; under the lock, .tmp files are leftovers of a killed write.
-        with file_lock(directory.parent / f"{directory.name}.lock"):
-            remove_stale_tmp(directory)
-            manifest = self._load_manifest(directory, key)
-            done = self._valid_prefix(directory, manifest)
-            if done < num_shards:
-                self._build(encoder, spans, layer, directory, manifest, done, num_shards, show_progress)
-            states = self._read(directory, manifest, spans)
-        return TokenEmbeddings(texts=texts, spans=spans, states=states, key=key, directory=directory)
+        if not distributed.is_active():
+            # One process at a time per entry; under the lock, .tmp files are leftovers of a killed write.
+            with file_lock(directory.parent / f"{directory.name}.lock"):
+                remove_stale_tmp(directory)
+                manifest = self._load_manifest(directory, key)
+                done = self._valid_prefix(directory, manifest)
+                if done < num_shards:
+                    self._build(encoder, spans, layer, directory, manifest, range(done, num_shards), show_progress)
+        else:
+            manifest = self._build_distributed(encoder, spans, layer, directory, key, num_shards, show_progress)
+        return CachedStates(
+            texts=texts,
+            spans=spans,
+            key=key,
+            directory=directory,
+            shards=manifest["shards"],
+            hidden_size=int(encoder.hidden_size),
+        )
+
+    def _build_distributed(self, encoder, spans, layer, directory, key, num_shards, show_progress) -> dict:
+        """Each process embeds shards ``done + rank``, ``done + rank + world``, ...; the main one holds the
+        lock and writes the manifest once all are written."""
+        main, world, rank = distributed.is_main(), distributed.world_size(), distributed.rank()
+        with file_lock(directory.parent / f"{directory.name}.lock") if main else nullcontext():
+
+            def prepare() -> dict:
+                remove_stale_tmp(directory)
+                manifest = self._load_manifest(directory, key)
+                self._valid_prefix(directory, manifest)
+                return manifest
+
+            manifest = distributed.agree(prepare, main_only=True)
+            done = len(manifest["shards"])
+            mine = range(done + rank, num_shards, world)
+            entries = distributed.agree(
+                lambda: self._build(encoder, spans, layer, directory, None, mine, show_progress and main)
+            )
+            gathered = sorted((e for part in distributed.gather(entries) for e in part), key=lambda e: e["index"])
+            manifest["shards"].extend(gathered)
+            if gathered:
+                distributed.agree(lambda: write_json_atomic(directory / MANIFEST, manifest), main_only=True)
+        distributed.barrier()  # nobody reads before the manifest names every shard
+        return manifest
 
     def _load_manifest(self, directory: Path, key: dict) -> dict:
         fresh = {
@@ -231,17 +356,23 @@ class EmbeddingCache:
         manifest["shards"] = manifest["shards"][:good]
         return good
 
-    def _build(self, encoder, spans, layer, directory, manifest, first, num_shards, show_progress) -> None:
+    def _build(self, encoder, spans, layer, directory, manifest, indices, show_progress) -> list[dict]:
+        """Embed and write the shards ``indices``; with a ``manifest``, record each one as it is done."""
         directory.mkdir(parents=True, exist_ok=True)
-        start = first * self.shard_size
-        total = sum(len(s.input_ids) for s in spans[start:])
+        indices = list(indices)
+        total = sum(
+            len(s.input_ids)
+            for index in indices
+            for s in spans[index * self.shard_size : (index + 1) * self.shard_size]
+        )
+        entries = []
         with tqdm(
             total=total,
             unit="tok",
             disable=not show_progress,
             desc=f"embedding with {display_name(encoder.name)}",
         ) as progress:
-            for index in range(first, num_shards):
+            for index in indices:
                 lo, hi = index * self.shard_size, min((index + 1) * self.shard_size, len(spans))
                 part = spans[lo:hi]
                 states = encode_spans(encoder, part, layer, self.max_tokens, progress)
@@ -254,29 +385,15 @@ class EmbeddingCache:
                         "input_ids": torch.tensor([i for s in part for i in s.input_ids], dtype=torch.long),
                     },
                 )
-                manifest["shards"].append(
-                    {
-                        "index": index,
-                        "file": file,
-                        "start": lo,
-                        "count": hi - lo,
-                        "sha256": file_sha256(directory / file),
-                    }
-                )
-                write_json_atomic(directory / MANIFEST, manifest)
-
-    def _read(self, directory: Path, manifest: dict, spans: Sequence[TokenSpans]) -> list[torch.Tensor]:
-        states: list[torch.Tensor] = []
-        for entry in manifest["shards"]:
-            tensors = load_tensors(directory / entry["file"], "cache shard")
-            lengths = tensors["lengths"].tolist()
-            expected = [len(s.input_ids) for s in spans[entry["start"] : entry["start"] + entry["count"]]]
-            flat_ids = [i for s in spans[entry["start"] : entry["start"] + entry["count"]] for i in s.input_ids]
-            if lengths != expected or tensors["input_ids"].tolist() != flat_ids:
-                raise ArtefactError(
-                    f"cache shard {directory / entry['file']} does not match the tokenised corpus; delete "
-                    f"{directory} and run again"
-                )
-            # load_file memory-maps the shard: copy, so the returned states never alias the file on disk.
-            states.extend(torch.split(tensors["states"].clone(), lengths))
-        return states
+                entry = {
+                    "index": index,
+                    "file": file,
+                    "start": lo,
+                    "count": hi - lo,
+                    "sha256": file_sha256(directory / file),
+                }
+                entries.append(entry)
+                if manifest is not None:
+                    manifest["shards"].append(entry)
+                    write_json_atomic(directory / MANIFEST, manifest)
+        return entries

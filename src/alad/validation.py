@@ -59,6 +59,7 @@ RANGES: dict[str, Range] = {
     "epochs": Range(1, example="3"),
     "batch_size": Range(1, example="16"),
     "batch_tokens": Range(1, example="1024"),
+    "buffer_tokens": Range(1, example="300000"),
     "hidden_size": Range(1, example="1280"),
     "max_texts": Range(2, example="2000"),
     "max_train": Range(1, example="2000"),
