@@ -408,11 +408,6 @@ def align(
     segments = segment_texts(texts, [(student.tokenizer, student.max_length), (teacher.tokenizer, teacher.max_length)])
     if len(segments) < 2:
         raise ValueError(f"the corpus has {len(segments)} non-empty texts; alignment needs at least 2")
-    if len(segments) < 2 * ctx.world_size:
-        raise ValueError(
-            f"{len(segments)} texts cannot be shared by {ctx.world_size} processes (each needs texts to train and to "
-            f"hold out); use at most {max(1, len(segments) // 2)} processes, or more texts"
-        )
     if len(segments) != len(texts):
         logger.info("%d texts became %d segments (blank lines dropped, long texts split)", len(texts), len(segments))
 
@@ -426,6 +421,11 @@ def align(
     random.Random(config.seed).shuffle(order)
     n_val = max(1, int(round(len(order) * config.val_fraction)))
     val_ids, train_ids = sorted(order[:n_val]), sorted(order[n_val:])
+    if len(train_ids) < ctx.world_size:
+        raise ValueError(
+            f"{len(segments)} texts ({len(train_ids)} to train on) cannot be shared by {ctx.world_size} processes: "
+            f"each needs at least one training text; use at most {max(1, len(train_ids))} processes, or more texts"
+        )
     counted = [sum(stream.counted[i] for i in part) for part in (train_ids, val_ids)]
     check_usable_tokens(counted[0], counted[1], len(texts))
     val_chunks = stream.eval_chunks(val_ids)

@@ -102,7 +102,11 @@ def _cmd_align(args: argparse.Namespace) -> int:
     from alad.alignment import SUMMARY_JSON, AlignConfig, align, format_summary
 
     config = build_config(AlignConfig, args)
+    from alad import distributed
+
     summary = align(args.out, config, show_progress=not args.quiet, device=args.device)
+    if not distributed.is_main():
+        return 0  # several processes (torchrun / accelerate launch): the main one reports
     print(_format_saved(format_summary, summary, Path(args.out) / SUMMARY_JSON))
     print(f"adapters saved under {Path(args.out).resolve()}/w<K>; plot: {Path(args.out) / 'alignment_curves.png'}")
     return 0
@@ -400,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        _check_processes(args.command)
         return args.func(args)
     except (ValueError, OSError, ArtefactError, RuntimeError, NotImplementedError) as err:
         message = user_error(err)
@@ -410,6 +415,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"alad {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        from alad import distributed
+
+        distributed.shutdown()
+
+
+MULTI_PROCESS_COMMANDS = ("align",)
+
+
+def _check_processes(command: str) -> None:
+    """Several processes (torchrun / accelerate launch) only for the commands that share the work."""
+    from alad.distributed import env_world_size
+
+    world = env_world_size()
+    if world > 1 and command not in MULTI_PROCESS_COMMANDS:
+        raise ValueError(
+            f"alad {command} runs as one process, but {world} were started (WORLD_SIZE={world}); several processes "
+            f"are supported by: {', '.join(MULTI_PROCESS_COMMANDS)}. Run it without torchrun / accelerate launch"
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover
