@@ -26,8 +26,17 @@ def main() -> None:
     from alad.alignment import AlignConfig, align
 
     alad.alignment.SHARD_TEXTS = job.get("shard_texts", alad.alignment.SHARD_TEXTS)
-    config = AlignConfig(student=job["student"], teacher=job["teacher"], **job["settings"])
     result: dict = {}
+    if job["mode"] == "finetune":
+        from alad.finetuning import FinetuneConfig, finetune
+
+        out = finetune(job["out"], FinetuneConfig(**job["settings"]), show_progress=False, **job.get("finetune", {}))
+        result = {"result": out, "world_size": distributed.world_size()}
+        if distributed.is_main():
+            Path(job["result"]).write_text(json.dumps(result), encoding="utf-8")
+        distributed.shutdown()
+        return
+    config = AlignConfig(student=job["student"], teacher=job["teacher"], **job["settings"])
     if job["mode"] == "align":
         summary = align(job["out"], config, texts=job["texts"], show_progress=False, **job.get("align", {}))
         result = {"summary": summary, "world_size": distributed.world_size()}

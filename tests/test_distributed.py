@@ -173,3 +173,60 @@ def test_other_commands_refuse_several_processes(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["compress", "--model", "x", "--keep-layers", "0", "--out", "y"]) == 2
     assert "runs as one process, but 2 were started" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# fine-tuning (finetune / finetune-teacher) on two processes
+
+
+@pytest.fixture(scope="module")
+def ner_job(bert_dir, tmp_path_factory):
+    from tiny_tasks import write_ner_data
+
+    data = write_ner_data(tmp_path_factory.mktemp("dist-ner"))
+    settings = {
+        "task": "ner",
+        "student": str(bert_dir),
+        "data": f"conll2003:{data}",
+        "eval_split": "dev",
+        "epochs": 2,
+        "batch_size": 8,
+        "max_train": None,
+    }
+    return {"mode": "finetune", "settings": settings}
+
+
+@pytest.fixture(scope="module")
+def two_process_finetune(ner_job, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dist-ft")
+    out = tmp / "two"
+    return out, launch(tmp, {**ner_job, "out": str(out)}, "ft-two")
+
+
+def test_finetune_on_two_processes_trains_like_one(two_process_finetune, ner_job, tmp_path):
+    from alad.finetuning import FinetuneConfig, finetune
+
+    out, result = two_process_finetune
+    two = result["result"]
+    one = finetune(tmp_path / "one", FinetuneConfig(**ner_job["settings"]), show_progress=False)
+    assert result["world_size"] == 2
+    assert two["training"]["steps"] == one["training"]["steps"]  # the same global batches
+    # per-process mean losses averaged (not one mean over the batch) and other dropout: close, not equal
+    assert two["training"]["final_loss"] == pytest.approx(one["training"]["final_loss"], rel=0.05)
+    assert two["metrics"]["micro_f1"] == pytest.approx(one["metrics"]["micro_f1"], abs=0.1)
+    assert (out / "metrics.json").is_file() and (out / "model").is_dir() and not (out / "checkpoint.pt").exists()
+
+
+def test_finetune_on_two_processes_resumes_exactly(two_process_finetune, ner_job, tmp_path):
+    from safetensors.torch import load_file
+
+    reference, result = two_process_finetune
+    out = tmp_path / "resumed"
+    stopped = launch(tmp_path, {**ner_job, "out": str(out), "finetune": {"stop_after_steps": 3}}, "ft-stop")
+    assert stopped["result"] == {"interrupted_at_step": 3}
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["world_size"] == 2
+    resumed = launch(tmp_path, {**ner_job, "out": str(out)}, "ft-resume")["result"]
+    assert resumed["training"] == result["result"]["training"]
+    for part in ("head.safetensors", "encoder/model.safetensors"):
+        a, b = load_file(reference / "model" / part), load_file(out / "model" / part)
+        assert all(torch.equal(a[k], b[k]) for k in a), part

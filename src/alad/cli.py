@@ -167,6 +167,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             raise ValueError("--teacher is empty; name the model: a packaged name, a model folder or a hub id")
         config = dataclasses.replace(config, student=args.teacher_model, adapter=None, teacher=None, mode="joint")
     result = finetune(args.out, config, show_progress=not args.quiet, device=args.device)
+    from alad import distributed
+
+    if not distributed.is_main():
+        return 0  # several processes (torchrun / accelerate launch): the main one reports
     print(_format_saved(format_metrics, result, Path(args.out) / "metrics.json"))
     print(f"model saved to {Path(args.out) / 'model'}")
     return 0
@@ -421,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         distributed.shutdown()
 
 
-MULTI_PROCESS_COMMANDS = ("align",)
+MULTI_PROCESS_COMMANDS = ("align", "finetune", "finetune-teacher")
 
 
 def _check_processes(command: str) -> None:

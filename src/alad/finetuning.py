@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from alad import distributed
 from alad.alignment import alignment_loss, warmup_linear_decay
 from alad.models import MINILM, resolve_device
 from alad.run_folder import claim_run_folder
@@ -283,7 +284,13 @@ def train_task_model(
     show_progress: bool = True,
     stop_after_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Train the parameters the model's mode leaves trainable; resumable through ``checkpoint_path``."""
+    """Train the parameters the model's mode leaves trainable; resumable through ``checkpoint_path``.
+
+    Under several processes (:mod:`alad.distributed`) every process takes rows ``rank::world`` of each
+    global batch; its mean loss is weighted by its share of the rows and the gradients are summed, so
+    every process takes the same step (the gradient of the batch, up to per-row weighting: the average
+    of the processes' mean losses, as data-parallel training does). Only the main process writes.
+    """
     if not model.trainable_parameter_names():
         return {"steps": 0, "final_loss": None}
     task = get_task(model.config.task)
@@ -303,20 +310,30 @@ def train_task_model(
         optimizer, warmup_linear_decay(loop.total_steps(), config.warmup_ratio)
     )
     losses: list[float] = []
+    rank, world = distributed.rank(), distributed.world_size()
     state = load_training_state(checkpoint_path) if checkpoint_path else None
     if state is not None:
+        saved_world = state.get("world_size", 1)
+        if saved_world != world:
+            raise ValueError(
+                f"the checkpoint {checkpoint_path} was written by {saved_world} process(es); resume it with "
+                f"{saved_world} (now {world}): each process's share of every batch, and its dropout, must stay the same"
+            )
         model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        set_rng_state(state.get("rng_per_process", [state["rng"]])[rank])
         loop.resume_at(state["epoch"], state["batch"], state["step"])
         losses = state["losses"]
         logger.info("resuming fine-tuning at epoch %d, batch %d", loop.start_epoch + 1, loop.start_batch)
     else:
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed if rank == 0 else config.seed + 7919 * rank)  # own dropout per process
 
     def save(epoch: int, batch: int, step: int) -> None:
         if checkpoint_path is None:
+            return
+        states = distributed.gather(rng_state())
+        if not distributed.is_main():
             return
         trainable = set(model.trainable_parameter_names())
         save_training_state(
@@ -325,7 +342,9 @@ def train_task_model(
                 "model": {k: v for k, v in model.state_dict().items() if k in trainable},
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "rng": rng_state(),
+                "rng": states[0],
+                "world_size": world,
+                "rng_per_process": states,
                 "epoch": epoch,
                 "batch": batch,
                 "step": step,
@@ -336,9 +355,20 @@ def train_task_model(
     device = next(model.parameters()).device
 
     def train_step(batch_indices: list[int]) -> dict[str, str]:
-        batch = task.collate(model, [features[i] for i in batch_indices])
-        loss = training_loss(model, task, {name: value.to(device) for name, value in batch.items()}, config)
-        optimizer_step(loss, optimizer, scheduler, [p for p in model.parameters() if p.requires_grad], config.grad_clip)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if world == 1:
+            batch = task.collate(model, [features[i] for i in batch_indices])
+            loss = training_loss(model, task, {name: value.to(device) for name, value in batch.items()}, config)
+            optimizer_step(loss, optimizer, scheduler, trainable, config.grad_clip)
+        else:
+            rows = batch_indices[rank::world]
+            if rows:
+                batch = task.collate(model, [features[i] for i in rows])
+                loss = training_loss(model, task, {name: value.to(device) for name, value in batch.items()}, config)
+                loss = loss * (len(rows) / len(batch_indices))
+            else:  # fewer items in this batch than processes: this one adds nothing
+                loss = torch.zeros((), device=device)
+            loss = distributed.data_parallel_step(loss, optimizer, scheduler, trainable, config.grad_clip)
         losses.append(round(loss.item(), 5))
         return {"loss": f"{sum(losses[-20:]) / len(losses[-20:]):.4f}"}
 
@@ -416,8 +446,12 @@ def finetune(
     """
     config = dataclasses.replace(config or FinetuneConfig(), **overrides)
     device = resolve_device(device)  # a wrong device fails before anything is written
+    ctx = distributed.setup(device)
+    device = ctx.device
+    show_progress = show_progress and ctx.is_main
     out = Path(out_dir)
-    check_finetune_inputs(out, config)  # run folder, --adapter, --teacher: before any work
+    # run folder, --adapter, --teacher: before any work, on every process (one may lack a right)
+    distributed.agree(lambda: check_finetune_inputs(out, config))
     # A finished run is reused and an interrupted one resumed, but only with the settings it was started
     # with: resuming another config's checkpoint would train with the old settings under the new label.
     # A config left by a run that failed before training (no checkpoint, no model) binds nothing.
@@ -443,37 +477,50 @@ def finetune(
         head_from_teacher=config.head_init == "teacher",
         seed=config.seed,
     ).to(device)
-    claim_run_folder(out, "finetune_run")  # the marker is the first file alad writes there
-    write_json_atomic(out / FINETUNE_CONFIG, {"kind": "finetune_run", "config": config_to_dict(config)})
+    if ctx.is_main:
+        claim_run_folder(out, "finetune_run")  # the marker is the first file alad writes there
+        write_json_atomic(out / FINETUNE_CONFIG, {"kind": "finetune_run", "config": config_to_dict(config)})
     started = time.perf_counter()
     training: dict[str, Any] = {"steps": 0}
     if config.mode != "teacher-head":
         features, counts = training_features(model, task, splits, config, show_progress)
+        if ctx.active and len(features) < ctx.world_size:
+            raise ValueError(
+                f"{len(features)} training features cannot be shared by {ctx.world_size} processes: each needs at "
+                f"least one; use at most {max(1, len(features))} processes, or more training data"
+            )
         training = train_task_model(model, features, config, out / "checkpoint.pt", show_progress, stop_after_steps)
         if "interrupted_at_step" in training:
+            distributed.barrier()  # the checkpoint is written when every process returns
             return training
         training.update(counts)
     train_seconds = time.perf_counter() - started
     check_finite_parameters((p for p in model.parameters() if p.requires_grad), "the task model")
     model.metadata = {"finetune": config_to_dict(config), "data": splits.info}
-    model.save_pretrained(out / MODEL_DIR)
-    metrics = task.evaluate(model, splits.eval, config, show_progress)
-    result = {
-        "task": config.task,
-        "mode": config.mode,
-        "split": config.eval_split,
-        "data": splits.info,
-        "headline": task.headline(metrics),
-        "metrics": metrics,
-        "params_total": model.num_parameters(),
-        "params_trained": sum(p.numel() for p in model.parameters() if p.requires_grad)
-        if config.mode != "teacher-head"
-        else 0,
-        "train_seconds": round(train_seconds, 1),
-        "training": training,
-    }
-    write_json_atomic(out / METRICS, result)
-    (out / "checkpoint.pt").unlink(missing_ok=True)
+
+    def finish() -> dict[str, Any]:  # the main process saves, evaluates and writes; the others get its result
+        model.save_pretrained(out / MODEL_DIR)
+        metrics = task.evaluate(model, splits.eval, config, show_progress)
+        result = {
+            "task": config.task,
+            "mode": config.mode,
+            "split": config.eval_split,
+            "data": splits.info,
+            "headline": task.headline(metrics),
+            "metrics": metrics,
+            "params_total": model.num_parameters(),
+            "params_trained": sum(p.numel() for p in model.parameters() if p.requires_grad)
+            if config.mode != "teacher-head"
+            else 0,
+            "train_seconds": round(train_seconds, 1),
+            "training": training,
+        }
+        write_json_atomic(out / METRICS, result)
+        (out / "checkpoint.pt").unlink(missing_ok=True)
+        return result
+
+    result = distributed.agree(finish, main_only=True)
+    distributed.barrier()
     return result
 
 
