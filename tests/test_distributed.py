@@ -230,3 +230,9 @@ def test_finetune_on_two_processes_resumes_exactly(two_process_finetune, ner_job
     for part in ("head.safetensors", "encoder/model.safetensors"):
         a, b = load_file(reference / "model" / part), load_file(out / "model" / part)
         assert all(torch.equal(a[k], b[k]) for k in a), part
+
+
+def test_one_named_gpu_for_several_processes_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="names one GPU, but 2 processes were started; pass --device cuda"):
+        distributed.setup(torch.device("cuda", 0))

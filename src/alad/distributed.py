@@ -81,6 +81,11 @@ def setup(device: torch.device) -> Context:
     ``device`` is the resolved device (:func:`alad.models.resolve_device` already refused a GPU asked
     for where none is); with several processes on CUDA each takes the GPU of its ``LOCAL_RANK``.
     """
+    if device.type == "cuda" and device.index is not None and env_world_size() > 1:
+        raise ValueError(
+            f"--device {device} names one GPU, but {env_world_size()} processes were started; pass --device cuda "
+            "(each process takes the GPU of its LOCAL_RANK)"
+        )
     if not is_active() and env_world_size() > 1:
         if not dist.is_available():
             raise RuntimeError("this torch has no torch.distributed; run one process (no torchrun/accelerate)")
