@@ -152,3 +152,18 @@ def test_streamed_align_stays_in_its_buffer_and_resumes_mid_epoch_exactly(stream
     # another buffer is another batch order: a resume with it is refused as other settings
     with pytest.raises(ValueError, match=r"other settings \(buffer_tokens differ\)"):
         align(out, **{**settings, "buffer_tokens": 10**6}, stop_after_steps=1)
+
+
+def test_tokenising_in_chunks_changes_nothing(bert, sentences, monkeypatch):
+    import alad.tokenizer_alignment as ta
+
+    pairs = [(a, b) for a, b in zip(sentences[::2], sentences[1::2], strict=True)]
+    for texts in (sentences, pairs):
+        whole = ta.tokenize_with_spans(bert.tokenizer, texts)
+        monkeypatch.setattr(ta, "TOKENIZE_CHUNK", 3)
+        chunked = ta.tokenize_with_spans(bert.tokenizer, texts)
+        monkeypatch.undo()
+        assert len(whole) == len(chunked) == len(texts)
+        for a, b in zip(whole, chunked, strict=True):
+            assert a.input_ids == b.input_ids
+            assert torch.equal(a.offsets, b.offsets) and torch.equal(a.special, b.special)

@@ -72,10 +72,21 @@ def is_pair_corpus(texts: Sequence[AlignText]) -> bool:
     return kinds == {True}
 
 
+TOKENIZE_CHUNK = 2048
+"""Texts tokenised per call: the tokenizer's Python output (offsets as tuples) stays small for any corpus."""
+
+
 def tokenize_with_spans(tokenizer: PreTrainedTokenizerBase, texts: Sequence[AlignText]) -> list[TokenSpans]:
     """Tokenise with special tokens and character offsets, without truncation."""
     texts = list(texts)
     pairs = is_pair_corpus(texts)
+    spans = []
+    for start in range(0, len(texts), TOKENIZE_CHUNK):
+        spans.extend(_tokenize_chunk(tokenizer, texts[start : start + TOKENIZE_CHUNK], pairs))
+    return spans
+
+
+def _tokenize_chunk(tokenizer: PreTrainedTokenizerBase, texts: list[AlignText], pairs: bool) -> list[TokenSpans]:
     arguments = ([t[0] for t in texts], [t[1] for t in texts]) if pairs else (texts,)
     encoded = tokenizer(
         *arguments,
