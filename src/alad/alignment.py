@@ -5,6 +5,12 @@ runs once per corpus, not once per step, window and epoch. Every requested windo
 in the same pass over each batch (one adapter, optimiser and schedule per window). A held-out
 split gives validation MSE and mean cosine per epoch; each window keeps its best epoch. The run
 folder holds a resumable checkpoint, so an interrupted run continues exactly where it stopped.
+
+Training streams from the cache (:mod:`alad.streaming`): batches are formed within a buffer of at
+most ``buffer_tokens`` tokens of shards, so memory does not grow with the corpus; a corpus whose
+training tokens fit in the buffer is batched exactly as before streaming. Under ``torchrun`` or
+``accelerate launch`` the cache build and the training are shared by the processes
+(:mod:`alad.distributed`).
 """
 
 from __future__ import annotations
