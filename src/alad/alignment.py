@@ -511,18 +511,18 @@ def align(
             return losses
         total = sum(stream.counted[i] for i in batch.ids)
         tensors = tuple(t.to(device) for t in stream.collate(rows)) if rows else None
-        for window, t in trainers.items():
+        steps = []
+        for t in trainers.values():
             t.adapter.train()
             if tensors is None:  # fewer texts in this batch than processes: this one adds nothing
                 loss = torch.zeros((), device=device)
             else:
                 x, attention, y, counted = tensors
                 loss = alignment_loss(t.adapter(x, attention), y, counted, config.loss, denominator=total)
-            loss = distributed.data_parallel_step(
-                loss, t.optimizer, t.scheduler, t.adapter.parameters(), config.grad_clip
-            )
-            losses[f"w{window}"] = round(loss.item(), 4)
-        return losses
+            steps.append((loss, t.optimizer, t.scheduler, list(t.adapter.parameters())))
+        # every window's gradients in one all-reduce per step
+        totals = distributed.data_parallel_steps(steps, config.grad_clip)
+        return {f"w{window}": round(loss.item(), 4) for window, loss in zip(trainers, totals, strict=True)}
 
     def end_epoch(epoch: int) -> None:
         for window, t in trainers.items():

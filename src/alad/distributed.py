@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -181,32 +181,52 @@ def data_parallel_step(
 ) -> torch.Tensor:
     """:func:`alad.training_loop.optimizer_step` for one process of several.
 
-    ``loss`` is this process's share of the global batch loss (its summed token losses over the global
-    batch's token count), so the sum over the processes is the loss of the whole batch and the summed
-    gradients are its gradients. Gradients and loss are summed in one all-reduce; the NaN check, the
-    clipping and the step then see the same numbers on every process. Returns the global loss.
+    ``loss`` is this process's share of the global batch loss (e.g. its summed token losses over the
+    global batch's token count), so the sum over the processes is the loss of the whole batch and the
+    summed gradients are its gradients. Returns the global loss.
     """
-    params = list(parameters)
-    optimizer.zero_grad(set_to_none=True)
-    if loss.requires_grad:
-        loss.backward()
-    pieces = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
-    flat = torch.cat([*pieces, loss.detach().reshape(1).to(pieces[0].dtype)])
+    return data_parallel_steps([(loss, optimizer, scheduler, list(parameters))], grad_clip)[0]
+
+
+def data_parallel_steps(
+    steps: Sequence[
+        tuple[torch.Tensor, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, Sequence[torch.nn.Parameter]]
+    ],
+    grad_clip: float,
+) -> list[torch.Tensor]:
+    """Several independent models' steps (alignment's windows) with one all-reduce between them.
+
+    Each model's gradients and loss are summed over the processes in one flat all-reduce; the NaN
+    check, the clipping and the step then see the same numbers on every process, so every process
+    takes the same step (and fails together). Returns each model's global loss.
+    """
+    flats, sizes = [], []
+    for loss, optimizer, _, params in steps:
+        optimizer.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            loss.backward()
+        pieces = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+        flats.append(torch.cat([*pieces, loss.detach().reshape(1).to(pieces[0].dtype)]))
+        sizes.append(flats[-1].numel())
+    flat = torch.cat(flats)
     if is_active():
         dist.all_reduce(flat)
-    offset = 0
-    for p in params:
-        p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
-        offset += p.numel()
-    total = flat[-1]
-    check_finite_loss(total)  # every process sees the same sum: all stop together
-    if grad_clip > 0:
-        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        if not bool(torch.isfinite(norm)):
-            raise NonFiniteLossError(f"the gradient norm became {norm.item()}")
-    optimizer.step()
-    scheduler.step()
-    return total
+    totals = []
+    for (_, optimizer, scheduler, params), part in zip(steps, flat.split(sizes), strict=True):
+        offset = 0
+        for p in params:
+            p.grad = part[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+        total = part[-1]
+        check_finite_loss(total)  # every process sees the same sum: all stop together
+        if grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(list(params), grad_clip)
+            if not bool(torch.isfinite(norm)):
+                raise NonFiniteLossError(f"the gradient norm became {norm.item()}")
+        optimizer.step()
+        scheduler.step()
+        totals.append(total)
+    return totals
 
 
 def shutdown() -> None:
