@@ -38,8 +38,19 @@ def main() -> None:
         return
     config = AlignConfig(student=job["student"], teacher=job["teacher"], **job["settings"])
     if job["mode"] == "align":
+        from alad.cache import EmbeddingCache
+
+        built: list[int] = []  # the cache shards this process embedded
+        original = EmbeddingCache._build
+
+        def spy(self, encoder, spans, layer, directory, manifest, indices, show_progress):
+            indices = list(indices)
+            built.extend(indices)
+            return original(self, encoder, spans, layer, directory, manifest, indices, show_progress)
+
+        EmbeddingCache._build = spy
         summary = align(job["out"], config, texts=job["texts"], show_progress=False, **job.get("align", {}))
-        result = {"summary": summary, "world_size": distributed.world_size()}
+        result = {"summary": summary, "world_size": distributed.world_size(), "built": distributed.gather(built)}
     else:  # bad_inputs: every process must fail, with the same message
         distributed.setup(torch.device("cpu"))
         rank = distributed.rank()

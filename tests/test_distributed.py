@@ -111,7 +111,11 @@ def test_two_processes_match_one_process(two_process_run, one_process_run, job):
     for name in ("summary.json", "summary.md", "alignment_curves.png", "run_config.json", "w1", "w3"):
         assert (out / name).exists(), name
     assert not (out / "checkpoint").exists()
-    # the cache was built by both processes: every shard is in the manifest, in order
+    # the cache was built by both processes, each its own shards (student and teacher: 10 each)
+    first, second = result["built"]
+    assert sorted(first + second) == sorted(list(range(10)) * 2) and not set(first) & set(second)
+    assert len(first) == len(second) == 10
+    # ... and every shard is in the manifest the main process wrote, in order
     manifests = list(Path(job["settings"]["cache_dir"]).glob("*/manifest.json"))
     assert len(manifests) == 2
     for manifest in manifests:
