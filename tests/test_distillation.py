@@ -1,0 +1,176 @@
+"""Knowledge distillation, the auxiliary alignment loss and label budgets (stage 3 beside AlAd)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from tiny_tasks import write_ner_data
+from torch.nn import functional as F
+
+import alad.finetuning as finetune_module
+from alad.adapter import AdapterConfig, AlignmentAdapter
+from alad.finetuning import MODEL_DIR, FinetuneConfig, finetune, load_splits
+from alad.readers import TaggedSentence
+from alad.task_models import AladTaskModel, build_task_model
+from alad.tasks import get_task
+from alad.teacher_signals import cached_soft_targets
+
+NER = get_task("ner")
+
+
+@pytest.fixture(scope="module")
+def ner_dir(tmp_path_factory):
+    return write_ner_data(tmp_path_factory.mktemp("kd-ner"), n_train=30)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(bert_dir, ner_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("kd-teacher") / "teacher"
+    config = FinetuneConfig(
+        task="ner", student=str(bert_dir), data=f"conll2003:{ner_dir}", eval_split="dev", epochs=1, batch_size=8
+    )
+    finetune(run, config, max_train=10, show_progress=False)
+    return run
+
+
+def test_distillation_loss_is_t2_kl_on_masked_tokens():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 5, 4), torch.randn(2, 5, 4)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [0, 1, 0, 1, 0]], dtype=torch.bool)
+    batch = {"soft_targets": teacher, "soft_mask": mask}
+    temperature = 2.0
+    expected = (
+        F.kl_div(
+            F.log_softmax(student[mask] / temperature, -1),
+            F.softmax(teacher[mask] / temperature, -1),
+            reduction="batchmean",
+        )
+        * temperature**2
+    )
+    assert NER.distillation_loss(student, batch, temperature).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert NER.distillation_loss(teacher, batch, temperature).item() == pytest.approx(0.0, abs=1e-6)
+    changed = student.clone()
+    changed[0, 4] += 100  # an unmasked token changes nothing
+    assert NER.distillation_loss(changed, batch, temperature).item() == pytest.approx(expected.item(), rel=1e-5)
+    nothing = {"soft_targets": teacher, "soft_mask": torch.zeros_like(mask)}
+    assert NER.distillation_loss(student, nothing, temperature).item() == 0.0
+
+
+def test_soft_targets_move_across_tokenizers_by_word(bert_dir, roberta_dir):
+    """A RoBERTa (byte-level BPE) teacher's word logits land on a BERT (WordPiece) student's first sub-tokens."""
+    labels = ("O", "B-PER", "I-PER")
+    teacher = build_task_model("ner", roberta_dir, labels, seed=1).eval()
+    student = build_task_model("ner", bert_dir, labels, seed=2).eval()
+    items = [TaggedSentence(["the", "quick", "foxes", "jumped"], ["O"] * 4), TaggedSentence(["a", "dog"], ["O", "O"])]
+    soft = NER.soft_targets(teacher, items)
+    assert [s.shape for s in soft] == [torch.Size([4, 3]), torch.Size([2, 3])]
+    features = NER.features(student, items, None)
+    NER.attach_soft_targets(features, soft)
+    for feature in features:
+        for offset, position in enumerate(feature.first_token_of_word):
+            row = soft[feature.sentence_index][feature.word_start + offset]
+            assert torch.equal(feature.soft[position], row)
+        others = [p for p in range(len(feature.input_ids)) if p not in feature.first_token_of_word]
+        assert torch.isnan(feature.soft[others]).all()  # no target on specials and later sub-tokens
+    batch = NER.collate(student, features)
+    assert batch["soft_mask"].sum() == 6 and not torch.isnan(batch["soft_targets"]).any()
+
+
+def test_soft_targets_are_cached_by_teacher_and_texts(teacher_run, tmp_path, monkeypatch):
+    items = [TaggedSentence(["the", "cat"], ["O", "O"]), TaggedSentence(["Paris", "is", "big"], ["B-LOC", "O", "O"])]
+    first = cached_soft_targets(NER, teacher_run / MODEL_DIR, items, root=tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the teacher ran again")
+
+    monkeypatch.setattr(type(NER), "soft_targets", refuse)
+    again = cached_soft_targets(NER, teacher_run / MODEL_DIR, items, root=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    with pytest.raises(AssertionError, match="ran again"):  # other texts: another entry
+        cached_soft_targets(NER, teacher_run / MODEL_DIR, items[:1], root=tmp_path)
+
+
+def test_label_budgets_are_nested_and_checked(ner_dir):
+    splits = load_splits(FinetuneConfig(data=f"conll2003:{ner_dir}", eval_split="dev", max_train=20))
+    small, large = splits.with_budget(5), splits.with_budget(12)
+    key = [" ".join(s.tokens) for s in splits.pool]
+    chosen = {n: {key.index(" ".join(s.tokens)) for s in part.train} for n, part in ((5, small), (12, large))}
+    assert len(chosen[5]) == 5 and chosen[5] <= chosen[12]
+    assert splits.with_budget(20).train == splits.train  # the main budget is the labelled subset itself
+    assert len(splits.with_budget("all").train) == 30 and splits.with_budget("all").unlabelled() == []
+    assert len(small.unlabelled()) == 25 and len(small.unlabelled(8)) == 3  # 8 items read in all
+    assert not {id(s) for s in small.unlabelled()} & {id(s) for s in small.train}
+    with pytest.raises(ValueError, match="outside 1..30"):
+        splits.with_budget(31)
+
+
+def test_kd_settings_are_checked():
+    with pytest.raises(ValueError, match="kd_temperature must be a positive number|--kd-temperature must be"):
+        FinetuneConfig(kd_weight=0.5, kd_temperature=0, teacher="t")
+    with pytest.raises(ValueError, match="needs --teacher"):
+        FinetuneConfig(kd_weight=0.5)
+    with pytest.raises(ValueError, match="not implemented for task qa"):
+        FinetuneConfig(task="qa", data="squad", kd_weight=0.5, teacher="t")
+    with pytest.raises(ValueError, match="kd_weight must be in|--kd-weight must be"):
+        FinetuneConfig(kd_weight=1.5, teacher="t")
+    with pytest.raises(ValueError, match="align_weight > 0 needs --adapter"):
+        FinetuneConfig(align_weight=1.0, teacher="t")
+
+
+def test_kd_reads_unlabelled_text_but_never_its_labels(bert_dir, ner_dir, teacher_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("ALAD_CACHE", str(tmp_path / "cache"))
+    config = FinetuneConfig(
+        task="ner",
+        student=str(bert_dir),
+        data=f"conll2003:{ner_dir}",
+        eval_split="dev",
+        epochs=1,
+        batch_size=8,
+        teacher=str(teacher_run),
+        kd_weight=0.5,
+        kd_max_texts=25,
+    )
+    splits = load_splits(dataclasses.replace(config, max_train=10))
+    # poison every gold tag outside the labelled budget: reading one would fail (unknown label)
+    labelled = {id(s) for s in splits.train}
+    poisoned = [s if id(s) in labelled else TaggedSentence(s.tokens, ["B-POISON"] * len(s.tokens)) for s in splits.pool]
+    splits = dataclasses.replace(splits, pool=poisoned)
+    result = finetune(tmp_path / "kd", config, splits=splits, show_progress=False)
+    assert result["training"]["labelled_items"] == 10 and result["training"]["unlabelled_items"] == 15
+    plain = finetune(tmp_path / "plain", dataclasses.replace(config, kd_weight=0.0), splits=splits, show_progress=False)
+    assert plain["training"]["unlabelled_items"] == 0
+    assert result["training"]["steps"] > plain["training"]["steps"]  # more items per epoch
+
+
+def test_auxiliary_alignment_loss_adds_teacher_states(bert_dir, ner_dir, teacher_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("ALAD_CACHE", str(tmp_path / "cache"))
+    adapter = AlignmentAdapter(AdapterConfig(student_dim=32, teacher_dim=32, window=3, hidden_size=8))
+    adapter.save_pretrained(tmp_path / "adapter")
+    config = FinetuneConfig(
+        task="ner",
+        student=str(bert_dir),
+        adapter=str(tmp_path / "adapter"),
+        teacher=str(teacher_run),
+        data=f"conll2003:{ner_dir}",
+        eval_split="dev",
+        mode="frozen",
+        epochs=1,
+        batch_size=8,
+        max_train=10,
+        align_weight=1.0,
+    )
+    seen = []
+    real = finetune_module.training_loss
+
+    def spy(model, task, batch, cfg):
+        seen.append(("align_targets" in batch, int(batch.get("align_mask", torch.zeros(1)).sum())))
+        return real(model, task, batch, cfg)
+
+    monkeypatch.setattr(finetune_module, "training_loss", spy)
+    result = finetune(tmp_path / "aux", config, show_progress=False)
+    assert result["training"]["align_target_features"] == 10
+    assert seen and all(has and count > 0 for has, count in seen)
+    model = AladTaskModel.from_pretrained(tmp_path / "aux" / MODEL_DIR)
+    assert model.adapter is not None
