@@ -427,7 +427,7 @@ def _run_pair(ctx: _Context, pair: dict) -> tuple[list[dict], dict]:
         compare = ctx.config.get("stage3_compare") or {}
         if compare and compare.get("pair", name) == name:  # first: it decides the recipe's stage-3 settings
             rows += stage3_variants(runner, compare, window, adapter_dir, ctx.main_budget)
-        for budget in ctx.budgets:
+        for budget in sorted(ctx.budgets, key=lambda b: (b != ctx.main_budget, -b)):  # the main budget first
             rows += stage3_rows(ctx, runner, budget, window, adapter_dir, random_dir)
     return rows, _summarise_pair(name, student, pair["teacher"], rows, alignment, ctx.main_budget)
 
