@@ -448,3 +448,20 @@ def test_extra_text_files_are_checked(tmp_path, content, message):
     path.write_bytes(content)
     with pytest.raises(ValueError, match=message):
         read_extra_texts(path)
+
+
+def test_recipe_students_can_be_any_compression(bert_dir, tmp_path):
+    from alad.compression import is_quantized_folder
+    from alad.runner import check_recipe, resolve_student
+
+    spec = {"compress": str(bert_dir), "method": "quantize-int8"}
+    folder = resolve_student({"student": spec}, tmp_path / "models")
+    assert is_quantized_folder(folder) and resolve_student({"student": spec}, tmp_path / "models") == folder
+    recipe = {
+        "pairs": [
+            {"name": "p", "student": {"compress": str(bert_dir), "method": "prune", "fraction": 1.5}, "teacher": "t"}
+        ],
+        "windows": [3],
+    }
+    with pytest.raises(ValueError, match="fraction"):
+        check_recipe(recipe)

@@ -145,6 +145,22 @@ def describe(path: str | Path) -> str:
     if (path / "metrics.json").is_file():
         metrics = read_json(path / "metrics.json", "run metrics")
         return f"fine-tuning run: {path}\n" + _format_saved(format_metrics, metrics, path / "metrics.json")
+    if (path / "alad_compression.json").is_file():
+        from alad.compression import read_record
+
+        record = read_record(path) or {}
+        keys = ("method", "settings", "kept_layers", "source", "parameters_before", "parameters_after")
+        lines = [f"compressed model: {path}"]
+        lines += [
+            f"  {key}: {record[key]}" for key in (*keys, "size_bytes_before", "size_bytes_after") if key in record
+        ]
+        return "\n".join(lines)
+    if (path / "export.json").is_file():
+        from alad.serialization import read_json
+
+        header = read_json(path / "export.json", "export header")
+        keys = ("format", "quantize", "task", "labels", "student", "has_adapter", "alad_version", "source_run")
+        return "\n".join([f"ONNX export: {path}"] + [f"  {k}: {header.get(k)}" for k in keys])
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     raise ArtefactError(
@@ -196,9 +212,11 @@ def format_metrics(result: dict[str, Any]) -> str:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
 
-    from alad.finetuning import evaluate_task_model, headline, load_run, load_splits, task_model_latency
+    from alad.export import OnnxTaskModel, load_for_inference
+    from alad.export.onnx import session_latency
+    from alad.finetuning import evaluate_task_model, headline, load_splits, task_model_latency
 
-    model, config = load_run(args.run)
+    model, config = load_for_inference(args.run)  # a run folder, or an ONNX export folder (onnxruntime)
     config = dataclasses.replace(config, eval_split=args.split, max_eval=args.max_eval)
     items = load_splits(config).eval
     metrics = evaluate_task_model(model, items, config, show_progress=not args.quiet)
@@ -210,18 +228,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "headline": headline(metrics, config.task),
         "params_total": model.num_parameters(),
         "params_trained": 0,
-        "latency": task_model_latency(model),
+        "latency": session_latency(model) if isinstance(model, OnnxTaskModel) else task_model_latency(model),
     }
     print(format_metrics(result))
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from alad.finetuning import load_run, predict_answers, predict_tags
+    from alad.export import load_for_inference
+    from alad.finetuning import predict_answers, predict_tags
     from alad.readers import QAExample, TaggedSentence
     from alad.tasks import words_from_text
 
-    model, config = load_run(args.run)
+    model, config = load_for_inference(args.run)  # a run folder, or an ONNX export folder (onnxruntime)
     if config.task == "qa":
         if not args.question or not args.context:
             raise ValueError("a QA model needs --question and --context")
@@ -263,11 +282,56 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
-    from alad.compress import drop_layers, parse_layers
+    from alad.compression import METHODS, get_method, read_record
 
-    keep = parse_layers(args.keep_layers)
-    path = drop_layers(args.model, keep, args.out)
-    print(f"kept layers {keep} of {args.model}: {path}")
+    method = get_method(args.method)
+    foreign = [
+        flag
+        for name, other in METHODS.items()
+        if name != method.name
+        for flag in _method_flags(other)
+        if flag.lstrip("-").replace("-", "_") in vars(args)
+    ]
+    if foreign:
+        raise ValueError(f"{', '.join(foreign)} does not apply to --method {method.name}")
+    settings = method.validate(method.settings_from_args(args))
+    path = method.run(args.model, args.out, settings)
+    record = read_record(path) or {}
+    before, after = record.get("parameters_before"), record.get("parameters_after")
+    sizes = f" ({before:,} -> {after:,} parameters)" if isinstance(before, int) and isinstance(after, int) else ""
+    print(f"{method.describe(settings, args.model, path)}{sizes}")
+    return 0
+
+
+def _method_flags(method: Any) -> list[str]:
+    probe = argparse.ArgumentParser(add_help=False)
+    method.add_arguments(probe)
+    return [a.option_strings[0] for a in probe._actions]
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from alad.export import export_onnx
+
+    if args.format != "onnx":
+        raise ValueError(f"--format {args.format!r} is not supported; alad exports onnx")
+    header = export_onnx(
+        args.run, args.out, quantize=args.quantize, parity_items=args.parity_items, parity_data=args.parity_data
+    )
+    from alad.serialization import read_json
+
+    checks = read_json(Path(args.out) / "parity.json", "parity check")
+    line = ", ".join(
+        f"{name}: max logit diff {c['max_abs_logit_diff']:.2g}, "
+        f"predictions agree on {100 * c['prediction_agreement']:.2f}%"
+        for name, c in checks.items()
+        if isinstance(c, dict)
+    )
+    print(
+        f"exported {args.run} ({header['task']}, {header['quantize'] or 'fp32'}) to {args.out}; "
+        f"parity vs PyTorch: {line}"
+    )
+    for note in header.get("notes", []):
+        print(f"note: {note}")
     return 0
 
 
@@ -345,11 +409,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_argument(p_run)
     p_run.set_defaults(func=_cmd_run)
 
-    p_cmp = sub.add_parser("compress", help="drop layers of an encoder into a new, loadable model folder")
+    from alad.compression import METHODS, _import_methods
+
+    _import_methods()
+    p_cmp = sub.add_parser(
+        "compress",
+        help="compress an encoder (layers, int8, pruning) into a new, loadable model folder",
+        description="Write a compressed copy of an encoder with a record of what was done (alad_compression.json); "
+        "every recipe loads it as a student. Methods: "
+        + "; ".join(f"{name}: {method.help}" for name, method in METHODS.items()),
+    )
     p_cmp.add_argument("--model", required=True, help="model name or folder")
-    p_cmp.add_argument("--keep-layers", required=True, help="layer indices to keep, e.g. 0,1")
+    p_cmp.add_argument(
+        "--method", default="layers", choices=sorted(METHODS), help="compression method (default: layers)"
+    )
     p_cmp.add_argument("--out", required=True, help="folder of the new model")
+    for method in METHODS.values():
+        method.add_arguments(p_cmp)
     p_cmp.set_defaults(func=_cmd_compress)
+
+    p_exp = sub.add_parser(
+        "export",
+        help="export a fine-tuned run (student + adapter + head) as one ONNX graph, with tokenizer and labels",
+        description="Write RUN's task model as one ONNX graph (input_ids, attention_mask -> logits; dynamic batch and "
+        "length) with its tokenizer, labels.json and a parity check against PyTorch (parity.json). alad predict and "
+        "alad evaluate run the folder with onnxruntime.",
+    )
+    p_exp.add_argument("run", help="finished fine-tuning run folder")
+    p_exp.add_argument("--out", required=True, help="new folder of the export")
+    p_exp.add_argument("--format", default="onnx", help="onnx (default: onnx)")
+    p_exp.add_argument("--quantize", choices=["int8"], default=None, help="int8: ONNX Runtime dynamic quantisation")
+    p_exp.add_argument("--parity-items", type=int, default=200, help="evaluation items of the parity check (200)")
+    p_exp.add_argument("--parity-data", default=None, help="data of the parity check (default: the run's data)")
+    p_exp.set_defaults(func=_cmd_export)
 
     p_info = sub.add_parser("info", help="describe an adapter, an alignment run or a fine-tuning run folder")
     p_info.add_argument("path")

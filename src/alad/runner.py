@@ -169,15 +169,23 @@ def parse_label_budgets(text: str | Sequence | None) -> list[int | str] | None:
 
 
 def resolve_student(pair: dict, models_dir: Path) -> str:
-    """The student's model folder or name; ``{compress: NAME, keep_layers: [..]}`` cuts layers once."""
+    """The student's model folder or name. ``{compress: NAME, keep_layers: [..]}`` cuts layers once;
+    ``{compress: NAME, method: quantize-int8 | prune, ...settings}`` applies that compression once."""
     student = pair["student"]
     if isinstance(student, str):
         return student
-    from alad.compress import drop_layers
+    spec = dict(student)
+    source, method = spec.pop("compress"), spec.pop("method", "layers")
+    if method == "layers":
+        from alad.compress import drop_layers
 
-    keep = [int(k) for k in student["keep_layers"]]
-    target = models_dir / f"{_slug(student['compress'])}-layers{''.join(map(str, keep))}"
-    return str(drop_layers(student["compress"], keep, target))
+        keep = [int(k) for k in spec["keep_layers"]]
+        target = models_dir / f"{_slug(source)}-layers{''.join(map(str, keep))}"
+        return str(drop_layers(source, keep, target))
+    from alad.compression import ensure_compressed
+
+    target = models_dir / (f"{_slug(source)}-{method}" + "".join(f"-{k}{v}" for k, v in sorted(spec.items())))
+    return str(ensure_compressed(method, source, target, **spec))
 
 
 def _teacher_run(
@@ -265,6 +273,16 @@ def check_recipe(config: dict[str, Any]) -> None:
             raise ValueError(f"each pair needs a student and a teacher, got {pair!r}")
         if pair.get("name") is not None:
             check_path_name(pair["name"], "pair name")
+        if isinstance(pair["student"], dict):
+            spec = dict(pair["student"])
+            if "compress" not in spec:
+                raise ValueError(f"a compressed student names its source model: {{compress: NAME, ...}}, got {spec!r}")
+            spec.pop("compress")
+            method = spec.pop("method", "layers")
+            if method != "layers":
+                from alad.compression import get_method
+
+                get_method(method).validate(spec)
     windows = config.get("windows")
     if not isinstance(windows, list | tuple) or not windows:
         raise ValueError(f"windows must be a list of odd window sizes such as [1, 3], got {windows!r}")
@@ -490,9 +508,14 @@ def stage3_rows(
         if mode in ctx.config["modes"]:
             plans.append((f"random-{mode}", f"random-init adapter w{window}, {mode}", "random", random_dir, mode, {}))
             plans.append((f"alad-kd-{mode}", f"AlAd w{window} + KD, {mode}", "alad-kd", adapter_dir, mode, kd))
+    from alad.compression import is_quantized_folder
+
+    int8 = is_quantized_folder(runner.student)  # int8 weights cannot train: no joint rows
     rows = []
     for key, label, kind, adapter, mode, settings in plans:
         if (wanted is not None and key not in wanted) or (kind.endswith("-kd") and not kd):
+            continue
+        if int8 and mode == "joint":
             continue
         window_extra = {"window": window} if adapter else {}
         folder = key.replace("alad", f"alad-w{window}").replace("random", f"random-w{window}")

@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from alad.adapter import AlignmentAdapter
+from alad.compression import is_quantized, joint_mode_error, load_model, save_encoder
 from alad.models import load_encoder, max_input_tokens
 from alad.serialization import (
     FORMAT_VERSION,
@@ -127,6 +128,8 @@ class AladTaskModel(nn.Module):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode in ("head-only", "teacher-head") and self.adapter is None:
             raise ValueError(f"mode {mode!r} needs an alignment adapter (pass --adapter)")
+        if mode == "joint" and is_quantized(self.encoder):
+            raise ValueError(joint_mode_error(self.config.source_encoder or "this encoder"))
         self.config.mode = mode
         self.encoder.requires_grad_(mode == "joint")
         if self.adapter is not None:
@@ -137,14 +140,15 @@ class AladTaskModel(nn.Module):
         return [name for name, p in self.named_parameters() if p.requires_grad]
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        from alad.latency import count_parameters
+
+        return count_parameters(self)  # int8-quantised weights included
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Encoder folder, adapter folder, head weights and ``task_config.json``: fully self-contained."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.encoder.save_pretrained(directory / "encoder")
-        self.tokenizer.save_pretrained(directory / "encoder")
+        save_encoder(self.encoder, self.tokenizer, directory / "encoder")  # int8 / pruned students keep their record
         if self.adapter is not None:
             self.adapter.save_pretrained(directory / "adapter", metadata=getattr(self.adapter, "metadata", {}))
         save_tensors_atomic(directory / HEAD_WEIGHTS, self.head.state_dict())
@@ -172,7 +176,7 @@ class AladTaskModel(nn.Module):
         recorded = header.get(WEIGHTS_SHA256) if isinstance(header.get(WEIGHTS_SHA256), dict) else {}
         verify_weights(directory, header, sorted({*recorded, *_weights_files(directory), HEAD_WEIGHTS}), TASK_CONFIG)
         try:
-            encoder = AutoModel.from_pretrained(directory / "encoder")
+            encoder = load_model(directory / "encoder", AutoConfig.from_pretrained(directory / "encoder"))
             tokenizer = AutoTokenizer.from_pretrained(directory / "encoder")
         except (OSError, ValueError, RuntimeError) as err:  # e.g. truncated weights of a pre-checksum folder
             raise ArtefactError(
@@ -211,6 +215,8 @@ def build_task_model(
     """A fresh task model: student encoder, optional adapter, and a head, copied from the teacher in
     teacher-head mode or with ``head_from_teacher`` (an aligned adapter speaks the teacher's space)."""
     encoder = load_encoder(student)
+    if mode == "joint" and is_quantized(encoder.model):
+        raise ValueError(joint_mode_error(str(student)))
     if isinstance(adapter, str | os.PathLike):
         adapter = AlignmentAdapter.from_pretrained(adapter)
     head = None

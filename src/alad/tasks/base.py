@@ -112,7 +112,7 @@ def batched_logits(model: Any, task: Task, features: Sequence, batch_size: int =
     out: list = [None] * len(features)
     lengths = [len(f.input_ids) for f in features]
     order = sorted(range(len(features)), key=lambda i: lengths[i])
-    device = next(model.parameters()).device
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # none: an ONNX model
     for start in tqdm(range(0, len(order), batch_size), disable=not show_progress, desc="predicting"):
         indices = order[start : start + batch_size]
         batch = task.collate(model, [features[i] for i in indices])

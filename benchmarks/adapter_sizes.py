@@ -1,0 +1,262 @@
+"""Benchmark: the adapter-size trade-off, hidden size x window, main metric against CPU latency overhead.
+
+For one student and one fine-tuned teacher run, every adapter of the sweep (hidden size x window)
+is aligned (stage 1 on a corpus, then stage 2 on the task's training text, labels never read),
+then trained on the task in each mode asked for (``frozen``, ``teacher-head``, ...). All adapters
+read one embedding cache: the teacher and the student run once over each text set, and every hidden
+size reuses those cached states (windows train together in one pass per hidden size).
+
+Latency: the student alone (frozen + head) and every row are timed together at the end, in one
+interleaved, repeated pass (median over rounds) on the evaluation set's own items at their real
+lengths, batch 1 and 32 (see ``alad.interleaved``); the overhead is the extra time over the student
+alone, in percent. The suggested default adapter is the one with the smallest batch-1 overhead whose
+frozen metric is within ``--tolerance`` points of the sweep's best (stated in the output).
+
+Writes ``adapter_sizes.json``, ``adapter_sizes.md`` and ``adapter_sizes.png`` (metric against
+overhead at batch 1 and 32) to ``--out``; every stage is resumable (run the same command again).
+
+    python benchmarks/adapter_sizes.py --student models/minilm-l6 --teacher runs/teachers/ner-mpnet \\
+        --corpus ../shared/data/corpus/nlp-corpus-sentences.txt --data conll2003 --task ner \\
+        --hidden 128,256,512,1280 --windows 1,3,5 --out benchmarks/results/adapter_sizes-ner-b
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from alad.alignment import AlignConfig, align
+from alad.finetuning import MODEL_DIR, FinetuneConfig, finetune, load_splits
+from alad.interleaved import interleaved_latency, real_length_batches
+from alad.serialization import write_json_atomic, write_text_atomic
+from alad.task_models import AladTaskModel
+from alad.tasks import get_task
+
+
+def _ints(text: str) -> list[int]:
+    values = [int(p) for p in text.split(",") if p.strip()]
+    if not values or any(v < 1 for v in values):
+        raise SystemExit(f"expected positive integers such as 128,256, got {text!r}")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--student", required=True, help="student encoder: packaged name or model folder")
+    parser.add_argument("--teacher", required=True, help="fine-tuned teacher run folder (alad finetune-teacher)")
+    parser.add_argument("--corpus", required=True, help="stage-1 corpus (plain text, one text per line)")
+    parser.add_argument("--max-texts", type=int, default=5000, help="stage-1 texts (default 5000)")
+    parser.add_argument("--stage1-epochs", type=int, default=10)
+    parser.add_argument("--stage2-epochs", type=int, default=5, help="0: no stage 2")
+    parser.add_argument("--task", default="ner")
+    parser.add_argument("--data", default="conll2003")
+    parser.add_argument("--eval-split", default="dev")
+    parser.add_argument("--max-train", type=int, default=2000, help="labelled training items")
+    parser.add_argument("--max-eval", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=3, help="task fine-tuning epochs")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--hidden", default="128,256,512,1280", help="adapter hidden sizes")
+    parser.add_argument("--windows", default="1,3,5", help="adapter windows")
+    parser.add_argument("--modes", default="frozen,teacher-head", help="stage-3 modes")
+    parser.add_argument("--tolerance", type=float, default=0.5, help="points from the best metric (default choice)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
+    parser.add_argument("--latency-batches", type=int, default=32, help="calls per row and batch size per round")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads while timing")
+    parser.add_argument("--cache-dir", default=None, help="embedding cache (default: alad's)")
+    parser.add_argument("--out", default="benchmarks/results/adapter_sizes")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+
+    hidden, windows, modes = _ints(args.hidden), _ints(args.windows), [m for m in args.modes.split(",") if m]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = not args.quiet
+    teacher_encoder = str(Path(args.teacher) / MODEL_DIR / "encoder")
+    base = FinetuneConfig(
+        task=args.task,
+        student=args.student,
+        data=args.data,
+        eval_split=args.eval_split,
+        max_train=args.max_train,
+        max_eval=args.max_eval,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        teacher=args.teacher,
+    )
+    splits = load_splits(base)
+    task = get_task(args.task)
+    stage2_texts = task.alignment_texts(splits.pool)
+
+    adapters: dict[tuple[int, int], Path] = {}
+    for size in hidden:  # one cache entry per text set: every hidden size reuses the same embeddings
+        common = dict(student=args.student, teacher=teacher_encoder, windows=tuple(windows), hidden_size=size)
+        if args.cache_dir:
+            common["cache_dir"] = args.cache_dir
+        stage1 = out / f"align-h{size}"
+        align(
+            stage1,
+            AlignConfig(corpus=args.corpus, max_texts=args.max_texts, epochs=args.stage1_epochs, **common),
+            show_progress=progress,
+        )
+        final = stage1
+        if args.stage2_epochs > 0:
+            final = out / f"align2-h{size}"
+            corpus = f"task:{args.task}:{args.data}:all"
+            config = AlignConfig(corpus=corpus, init=str(stage1), max_texts=None, epochs=args.stage2_epochs, **common)
+            align(final, config, texts=stage2_texts, show_progress=progress)
+        for window in windows:
+            adapters[(size, window)] = final / f"w{window}"
+
+    rows = []
+    student_run = out / "student-frozen"
+    result = finetune(student_run, base, splits=splits, show_progress=progress, mode="frozen")
+    rows.append(_row("student alone, frozen", None, None, "frozen", result, student_run))
+    for (size, window), adapter in adapters.items():
+        for mode in modes:
+            folder = out / f"h{size}-w{window}-{mode}"
+            result = finetune(folder, base, splits=splits, show_progress=progress, adapter=str(adapter), mode=mode)
+            rows.append(_row(f"h{size} w{window}, {mode}", size, window, mode, result, folder))
+
+    # latency: every row at the end, in one interleaved pass on the evaluation set's real lengths
+    torch.set_num_threads(args.threads)
+    models = {row["name"]: AladTaskModel.from_pretrained(Path(row["folder"]) / MODEL_DIR) for row in rows}
+    reference = models[rows[0]["name"]]
+    features = task.features(reference, splits.eval, base)
+
+    def collate(group):
+        return task.collate(reference, group)
+
+    batches = {b: real_length_batches(features, collate, b, args.latency_batches) for b in (1, 32)}
+    timings = interleaved_latency(models, batches, rounds=args.rounds)
+    student_ms = timings[rows[0]["name"]]
+    for row in rows:
+        for b in (1, 32):
+            ms = timings[row["name"]][b]["median_ms"]
+            row[f"ms_b{b}"] = ms
+            row[f"overhead_b{b}_pct"] = 100 * (ms / student_ms[b]["median_ms"] - 1)
+    summary = {
+        "student": args.student,
+        "teacher": args.teacher,
+        "task": args.task,
+        "main_metric": task.main_metric,
+        "data": splits.info,
+        "hidden": hidden,
+        "windows": windows,
+        "modes": modes,
+        "rounds": args.rounds,
+        "threads": args.threads,
+        "machine": f"{platform.processor() or platform.machine()}, {platform.system()}, torch {torch.__version__}",
+        "rows": rows,
+        "default": suggest_default(rows, args.tolerance),
+        "tolerance": args.tolerance,
+    }
+    write_json_atomic(out / "adapter_sizes.json", summary)
+    text = format_table(summary)
+    write_text_atomic(out / "adapter_sizes.md", text)
+    plot(summary, out / "adapter_sizes.png")
+    print(text)
+    return 0
+
+
+def _row(name, size, window, mode, result, folder) -> dict:
+    metric = next(iter(result["headline"]))
+    return {
+        "name": name,
+        "hidden": size,
+        "window": window,
+        "mode": mode,
+        "metric": result["headline"][metric],
+        "params_total": result["params_total"],
+        "params_trained": result["params_trained"],
+        "folder": str(folder),
+    }
+
+
+def suggest_default(rows: list[dict], tolerance: float) -> dict | None:
+    """The adapter with the smallest batch-1 overhead whose frozen metric is within ``tolerance`` of the best."""
+    frozen = [r for r in rows if r["mode"] == "frozen" and r["hidden"] is not None]
+    if not frozen:
+        return None
+    best = max(r["metric"] for r in frozen)
+    near = [r for r in frozen if r["metric"] >= best - tolerance]
+    choice = min(near, key=lambda r: (r["overhead_b1_pct"], r["params_total"]))
+    return {
+        "hidden": choice["hidden"],
+        "window": choice["window"],
+        "metric": choice["metric"],
+        "best_metric": best,
+        "overhead_b1_pct": choice["overhead_b1_pct"],
+        "overhead_b32_pct": choice["overhead_b32_pct"],
+        "rule": f"smallest batch-1 latency overhead among frozen rows within {tolerance} points of the best",
+    }
+
+
+def format_table(summary: dict) -> str:
+    lines = [
+        f"# Adapter size trade-off: {summary['student']} -> {summary['teacher']} ({summary['task']})",
+        "",
+        f"{summary['main_metric']} on {summary['data'].get('eval_items')} evaluation items; latency: median of "
+        f"{summary['rounds']} interleaved rounds at the evaluation set's real lengths, {summary['threads']} thread(s); "
+        f"overhead over the student alone; {summary['machine']}",
+        "",
+        "| row | hidden | window | mode | metric | params | ms b1 | overhead b1 | ms b32 | overhead b32 |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in summary["rows"]:
+        lines.append(
+            f"| {r['name']} | {r['hidden'] or '-'} | {r['window'] or '-'} | {r['mode']} | {r['metric']:.2f} | "
+            f"{r['params_total']:,} | {r['ms_b1']:.2f} | {r['overhead_b1_pct']:+.1f}% | {r['ms_b32']:.2f} | "
+            f"{r['overhead_b32_pct']:+.1f}% |"
+        )
+    choice = summary["default"]
+    if choice:
+        lines += [
+            "",
+            f"Suggested default: hidden {choice['hidden']}, window {choice['window']} ({choice['metric']:.2f} vs best "
+            f"{choice['best_metric']:.2f}; {choice['overhead_b1_pct']:+.1f}% batch 1, "
+            f"{choice['overhead_b32_pct']:+.1f}% batch 32): {choice['rule']}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    markers = {1: "o", 3: "s", 5: "^"}
+    for ax, batch in zip(axes, (1, 32), strict=True):
+        for mode in summary["modes"]:
+            rows = [r for r in summary["rows"] if r["mode"] == mode and r["hidden"] is not None]
+            for r in rows:
+                ax.scatter(
+                    r[f"overhead_b{batch}_pct"],
+                    r["metric"],
+                    marker=markers.get(r["window"], "x"),
+                    color=f"C{summary['modes'].index(mode)}",
+                )
+                ax.annotate(f"h{r['hidden']} w{r['window']}", (r[f"overhead_b{batch}_pct"], r["metric"]), fontsize=7)
+        student = summary["rows"][0]
+        ax.axhline(student["metric"], color="grey", linestyle="--", label="student alone, frozen")
+        ax.set_xlabel(f"CPU latency overhead over the student, batch {batch} (%)")
+        ax.set_title(f"batch {batch}")
+    axes[0].set_ylabel(summary["main_metric"])
+    handles = [
+        plt.Line2D([], [], color=f"C{i}", marker="o", linestyle="", label=m) for i, m in enumerate(summary["modes"])
+    ]
+    handles += [plt.Line2D([], [], color="k", marker=m, linestyle="", label=f"window {w}") for w, m in markers.items()]
+    axes[1].legend(handles=handles, fontsize=8)
+    fig.suptitle(f"Adapter size trade-off: {summary['student']} ({summary['task']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

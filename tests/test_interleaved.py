@@ -1,0 +1,86 @@
+"""Tests for alad.interleaved (latency of several rows in one interleaved pass) and the benchmark helpers."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from alad.interleaved import interleaved_latency, real_length_batches
+
+
+def _features(lengths):
+    return [SimpleNamespace(input_ids=list(range(n))) for n in lengths]
+
+
+def _collate(group):
+    width = max(len(f.input_ids) for f in group)
+    ids = torch.zeros(len(group), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, f in enumerate(group):
+        mask[row, : len(f.input_ids)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_real_length_batches_use_real_items_sorted_by_length():
+    features = _features([3, 9, 4, 12, 5, 7, 6, 8])
+    single = real_length_batches(features, _collate, 1, limit=5)
+    assert len(single) == 5 and all(ids.shape[0] == 1 for ids, _ in single)
+    grouped = real_length_batches(features, _collate, 4, limit=2)
+    assert [ids.shape for ids, _ in grouped] == [(4, 6), (4, 12)]  # padded to the longest of each sorted group
+    assert int(grouped[0][1].sum()) == 3 + 4 + 5 + 6
+
+
+def test_interleaved_latency_orders_rows_by_their_cost():
+    batches = {1: [(torch.zeros(1, 3), torch.ones(1, 3))] * 2}
+    rows = {"fast": lambda ids, mask: None, "slow": lambda ids, mask: time.sleep(0.004)}
+    result = interleaved_latency(rows, batches, rounds=3)
+    assert result["slow"][1]["median_ms"] > 3 > result["fast"][1]["median_ms"]
+    assert result["fast"][1]["rounds"] == 3 and result["fast"][1]["calls"] == 2
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        interleaved_latency(rows, batches, rounds=0)
+
+
+def _benchmark(name: str):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_adapter_sizes_default_rule_and_table():
+    bench = _benchmark("adapter_sizes")
+    rows = [
+        {"name": "student", "hidden": None, "window": None, "mode": "frozen", "metric": 50.0},
+        {"name": "a", "hidden": 1280, "window": 3, "mode": "frozen", "metric": 80.0},
+        {"name": "b", "hidden": 256, "window": 3, "mode": "frozen", "metric": 79.7},
+        {"name": "c", "hidden": 128, "window": 1, "mode": "frozen", "metric": 78.0},
+        {"name": "d", "hidden": 128, "window": 1, "mode": "teacher-head", "metric": 90.0},
+    ]
+    for i, row in enumerate(rows):
+        row.update(params_total=1000 + i, ms_b1=1.0 + i, ms_b32=2.0 + i, overhead_b1_pct=10.0 * i)
+        row["overhead_b32_pct"] = 5.0 * i
+    choice = bench.suggest_default(rows, tolerance=0.5)
+    assert (choice["hidden"], choice["window"]) == (1280, 3)  # b is within 0.5 but slower than a here
+    rows[2]["overhead_b1_pct"] = 1.0
+    assert bench.suggest_default(rows, tolerance=0.5)["hidden"] == 256
+    summary = {
+        "student": "s",
+        "teacher": "t",
+        "task": "ner",
+        "main_metric": "micro_f1",
+        "data": {"eval_items": 10},
+        "rounds": 3,
+        "threads": 1,
+        "machine": "m",
+        "rows": rows,
+        "default": bench.suggest_default(rows, 0.5),
+        "modes": ["frozen", "teacher-head"],
+    }
+    text = bench.format_table(summary)
+    assert "Suggested default: hidden 256, window 3" in text and text.count("\n| ") == 6
