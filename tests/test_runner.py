@@ -465,3 +465,24 @@ def test_recipe_students_can_be_any_compression(bert_dir, tmp_path):
     }
     with pytest.raises(ValueError, match="fraction"):
         check_recipe(recipe)
+
+
+def test_report_only_trains_nothing_and_lists_what_is_missing(recipe_run, monkeypatch):
+    folder, path, results = recipe_run
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("report_only trained a model")
+
+    monkeypatch.setenv("ALAD_CACHE", str(folder / "cache"))
+    monkeypatch.setattr(latency_module, "gc", NO_GC)
+    monkeypatch.setattr(finetune_module, "train_task_model", refuse)
+    monkeypatch.setattr(finetune_module, "build_task_model", refuse)
+    config = load_run_config(path, "quick")
+    report = run_recipe(config, folder / "run", show_progress=False, labels="5,20", report_only=True)
+    assert {r["name"] for r in report["rows"]} == {r["name"] for r in results["rows"]}  # budget 20 as before
+    assert report["missing"] and all(m.startswith("tiny/labels-5/") for m in report["missing"])
+    assert "Not run yet" in (folder / "run" / "results.md").read_text()
+    with pytest.raises(ValueError, match="is not finished"):  # an unfinished stage every row needs
+        run_recipe(config, folder / "another-run", show_progress=False, report_only=True)
+    # leave the finished recipe's results as they were for the other tests
+    run_recipe(config, folder / "run", show_progress=False, report_only=True)

@@ -273,8 +273,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     command += (f" --pairs {args.pairs}" if args.pairs else "") + (f" --out {args.out}" if args.out else "")
     command += f" --device {args.device}" if args.device != "cpu" else ""
     command += f" --labels {args.labels}" if args.labels else ""
+    command += " --report-only" if args.report_only else ""
     results = run_recipe(
-        config, out, show_progress=not args.quiet, command=command, device=args.device, labels=args.labels
+        config,
+        out,
+        show_progress=not args.quiet,
+        command=command,
+        device=args.device,
+        labels=args.labels,
+        report_only=args.report_only,
     )
     print(format_results(results))
     print(f"results: {Path(out) / 'results.md'}, {Path(out) / 'results.json'}, plots in {out}")
@@ -404,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels",
         help="label budgets of stage 3 and the baselines, e.g. 100,300,1000,2000 or all; the teacher and the "
         "alignment are reused across budgets (default: the config's labels, else its max_train)",
+    )
+    p_run.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the results of the finished stages and rows, listing the rows not run yet",
     )
     p_run.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_device_argument(p_run)

@@ -189,7 +189,7 @@ def resolve_student(pair: dict, models_dir: Path) -> str:
 
 
 def _teacher_run(
-    config: dict, pair: dict, teachers_dir: Path, show_progress: bool, device: str = "cpu"
+    config: dict, pair: dict, teachers_dir: Path, show_progress: bool, device: str = "cpu", report_only: bool = False
 ) -> tuple[Path, dict]:
     """Stage 0: the task-fine-tuned teacher, shared by every run with the same task, data and settings."""
     if pair.get("teacher_run"):
@@ -201,6 +201,8 @@ def _teacher_run(
     defaults = dataclasses.asdict(FinetuneConfig())
     settings_key = {k: v for k, v in dataclasses.asdict(ft).items() if v != defaults[k]}
     run = teachers_dir / f"{config['task']}-{_slug(pair['teacher'])}-{_digest(settings_key)}"
+    if report_only and not (run / METRICS).is_file():
+        raise ValueError(f"the teacher {run} is not finished; run without --report-only first")
     logger.info("stage 0: teacher %s fine-tuned on %s -> %s", pair["teacher"], config["task"], run)
     return run, finetune(run, ft, show_progress=show_progress, device=device)
 
@@ -260,6 +262,8 @@ class _Context:
     show_progress: bool
     device: str
     extra_texts: list[str]
+    report_only: bool = False
+    missing: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def task(self) -> str:
@@ -315,17 +319,20 @@ def run_recipe(
     command: str | None = None,
     device: str = "cpu",
     labels: str | Sequence | None = None,
+    report_only: bool = False,
 ) -> dict[str, Any]:
     """Execute every stage, baseline and ablation of ``config``; write results.json, .md and plots.
 
     ``labels`` (or the config's ``labels``) lists the label budgets of stage 3 and the baselines;
     default: the profile's ``max_train``. ``device`` trains (and embeds) there; latency is always
-    measured on the CPU.
+    measured on the CPU. ``report_only`` trains nothing: it reports the finished stages and rows and
+    lists the rows not run yet (an interrupted or partial recipe).
     """
     resolve_device(device)  # a wrong device fails before anything is written
     check_recipe(config)
     check_run_folder(out_dir, "recipe_run")  # an existing folder that is not an alad recipe run is refused
     ctx = _context(config, Path(out_dir), show_progress, device, labels)
+    ctx.report_only = report_only
     claim_run_folder(ctx.out, "recipe_run")
     write_json_atomic(ctx.out / "run_config.json", config)
     all_rows, pairs_out = [], []
@@ -344,6 +351,7 @@ def run_recipe(
         "machine": machine_info(device),
         "pairs": pairs_out,
         "rows": all_rows,
+        "missing": ctx.missing,
     }
     write_json_atomic(ctx.out / "results.json", results)
     write_text_atomic(ctx.out / "results.md", format_results(results))
@@ -406,7 +414,9 @@ def _run_pair(ctx: _Context, pair: dict) -> tuple[list[dict], dict]:
     name = pair.get("name") or f"{_slug(str(pair['student']))}-to-{_slug(pair['teacher'])}"
     pair_dir = ctx.out / check_path_name(name, "pair name")  # never a path: '../x' would write above out
     student = resolve_student(pair, ctx.out.parent / "models")
-    teacher_dir, teacher_result = _teacher_run(ctx.config, pair, ctx.teachers_dir, ctx.show_progress, ctx.device)
+    teacher_dir, teacher_result = _teacher_run(
+        ctx.config, pair, ctx.teachers_dir, ctx.show_progress, ctx.device, ctx.report_only
+    )
     rows = [_row(TEACHER_ROW, "teacher", teacher_result, ctx.task, teacher_dir / MODEL_DIR, ctx.seq_len, labels=None)]
     alignment = align_stages(ctx, name, pair_dir, student, teacher_dir / MODEL_DIR / "encoder")
     teacher_emb = _cosine_reference(ctx.config, ctx.splits, teacher_dir / MODEL_DIR / "encoder", ctx.show_progress)
@@ -447,6 +457,7 @@ def _run_pair(ctx: _Context, pair: dict) -> tuple[list[dict], dict]:
             rows += stage3_variants(runner, compare, window, adapter_dir, ctx.main_budget)
         for budget in sorted(ctx.budgets, key=lambda b: (b != ctx.main_budget, -b)):  # the main budget first
             rows += stage3_rows(ctx, runner, budget, window, adapter_dir, random_dir)
+    rows = [row for row in rows if row is not None]  # None: not run yet (report_only)
     return rows, _summarise_pair(name, student, pair["teacher"], rows, alignment, ctx.main_budget)
 
 
@@ -480,6 +491,9 @@ class _RowRunner:
             **(settings or {}),
         )
         folder = self.pair_dir / (sub or f"labels-{budget}") / key
+        if ctx.report_only and not (folder / METRICS).is_file():
+            ctx.missing.append(str(folder.relative_to(ctx.out)))
+            return None
         splits = ctx.splits.with_budget(budget)
         result = finetune(folder, ft, splits=splits, show_progress=ctx.show_progress, device=ctx.device)
         timed = ctx.seq_len if budget == ctx.main_budget and "variant" not in extra else None
@@ -498,12 +512,11 @@ def stage3_rows(
     plans = [
         ("student-frozen", "student alone, frozen + head", "student", None, "frozen", {}),
         ("student-joint", "student alone, full fine-tuning", "student", None, "joint", {}),
-        ("student-kd-frozen", "student + KD, frozen + head", "student-kd", None, "frozen", kd),
-        ("student-kd-joint", "student + KD, full fine-tuning", "student-kd", None, "joint", kd),
     ]
     for mode in ctx.config["modes"]:
         if mode != "teacher-head":
             plans.append((f"alad-{mode}", f"AlAd w{window}, {mode}", "alad", adapter_dir, mode, {}))
+<<<<<<< HEAD
     for mode in ("frozen", "joint"):
         if mode in ctx.config["modes"]:
             plans.append((f"random-{mode}", f"random-init adapter w{window}, {mode}", "random", random_dir, mode, {}))
@@ -511,6 +524,15 @@ def stage3_rows(
     from alad.compression import is_quantized_folder
 
     int8 = is_quantized_folder(runner.student)  # int8 weights cannot train: no joint rows
+=======
+    modes = [mode for mode in ("frozen", "joint") if mode in ctx.config["modes"]]
+    plans += [(f"random-{m}", f"random-init adapter w{window}, {m}", "random", random_dir, m, {}) for m in modes]
+    plans += [  # distillation last: it reads the most items
+        ("student-kd-frozen", "student + KD, frozen + head", "student-kd", None, "frozen", kd),
+        ("student-kd-joint", "student + KD, full fine-tuning", "student-kd", None, "joint", kd),
+    ]
+    plans += [(f"alad-kd-{m}", f"AlAd w{window} + KD, {m}", "alad-kd", adapter_dir, m, kd) for m in modes]
+>>>>>>> main
     rows = []
     for key, label, kind, adapter, mode, settings in plans:
         if (wanted is not None and key not in wanted) or (kind.endswith("-kd") and not kd):
@@ -520,7 +542,7 @@ def stage3_rows(
         window_extra = {"window": window} if adapter else {}
         folder = key.replace("alad", f"alad-w{window}").replace("random", f"random-w{window}")
         rows.append(runner.run(folder, label, kind, budget, adapter, mode, settings=settings, **window_extra))
-    return rows
+    return [row for row in rows if row is not None]
 
 
 def stage3_variants(runner: _RowRunner, compare: dict, window: int, adapter_dir: Path, budget: int) -> list[dict]:
@@ -572,6 +594,18 @@ def stage2_texts(ctx: _Context) -> list:
     return list(texts) + list(ctx.extra_texts)
 
 
+def _finished_for_report(ctx: _Context, folder: Path, done_file: str) -> None:
+    """With ``report_only``, a stage every later row needs must be finished: say which one is not."""
+    if ctx.report_only and not (folder / done_file).is_file():
+        raise ValueError(f"{folder} is not finished, and every later row needs it; run without --report-only first")
+
+
+def pair_setting(config: dict, name: str, key: str):
+    """A recipe setting, overridden by the same key in the pair's own entry."""
+    pair = next((p for p in config["pairs"] if p.get("name") == name), {})
+    return pair.get(key, config.get(key))
+
+
 def align_stages(ctx: _Context, name: str, pair_dir: Path, student: str, teacher_encoder: Path) -> dict:
     """Stage 1 on the corpus (unless ``stage1: null``), stage 2 on the task's text, and with
     ``compare_stage1`` stage 2 from scratch too; the adapter with the better held-out cosine is used."""
@@ -582,16 +616,18 @@ def align_stages(ctx: _Context, name: str, pair_dir: Path, student: str, teacher
     stage1 = config.get("stage1", {})
     if stage1 is not None:
         align1 = AlignConfig(corpus=config.get("corpus"), **common, **stage1)
+        _finished_for_report(ctx, pair_dir / "stage1", "summary.json")
         summaries["stage1"] = align(pair_dir / "stage1", align1, show_progress=ctx.show_progress, device=ctx.device)
         print(f"[{name}] stage 1, task-independent alignment:\n{format_summary(summaries['stage1'])}")
     texts = stage2_texts(ctx)
     corpus = f"task:{ctx.task}:{config.get('data')}:{config.get('stage2_texts', 'all')}"
     stage2 = dict(config.get("stage2") or {})
     variants = {"stage2": str(pair_dir / "stage1") if stage1 is not None else None}
-    if config.get("compare_stage1") and stage1 is not None:
+    if pair_setting(config, name, "compare_stage1") and stage1 is not None:
         variants["stage2-scratch"] = None
     for folder, init in variants.items():
         align2 = AlignConfig(init=init, max_texts=None, corpus=corpus, **common, **stage2)
+        _finished_for_report(ctx, pair_dir / folder, "summary.json")
         summaries[folder] = align(
             pair_dir / folder, align2, texts=texts, show_progress=ctx.show_progress, device=ctx.device
         )
@@ -743,6 +779,13 @@ def format_results(results: dict) -> str:
         lines += ["", f"### Every row at {main} labels", ""]
         lines += _rows_table([r for r in rows if r["kind"] != "variant" and r.get("labels") in (None, 0, main)], cols)
         lines += _sweep_table(rows, task.main_metric)
+        missing = [m for m in results.get("missing", []) if m.startswith(pair["name"] + "/")]
+        if missing:
+            lines += [
+                "",
+                f"Not run yet ({len(missing)} rows, reported with --report-only): "
+                + ", ".join(f"`{m.split('/', 1)[1]}`" for m in missing),
+            ]
         variants = [r for r in rows if r["kind"] == "variant"]
         if variants:
             lines += ["", f"### Stage 3 settings compared ({main} labels)", ""]
