@@ -516,15 +516,6 @@ def stage3_rows(
     for mode in ctx.config["modes"]:
         if mode != "teacher-head":
             plans.append((f"alad-{mode}", f"AlAd w{window}, {mode}", "alad", adapter_dir, mode, {}))
-<<<<<<< HEAD
-    for mode in ("frozen", "joint"):
-        if mode in ctx.config["modes"]:
-            plans.append((f"random-{mode}", f"random-init adapter w{window}, {mode}", "random", random_dir, mode, {}))
-            plans.append((f"alad-kd-{mode}", f"AlAd w{window} + KD, {mode}", "alad-kd", adapter_dir, mode, kd))
-    from alad.compression import is_quantized_folder
-
-    int8 = is_quantized_folder(runner.student)  # int8 weights cannot train: no joint rows
-=======
     modes = [mode for mode in ("frozen", "joint") if mode in ctx.config["modes"]]
     plans += [(f"random-{m}", f"random-init adapter w{window}, {m}", "random", random_dir, m, {}) for m in modes]
     plans += [  # distillation last: it reads the most items
@@ -532,7 +523,9 @@ def stage3_rows(
         ("student-kd-joint", "student + KD, full fine-tuning", "student-kd", None, "joint", kd),
     ]
     plans += [(f"alad-kd-{m}", f"AlAd w{window} + KD, {m}", "alad-kd", adapter_dir, m, kd) for m in modes]
->>>>>>> main
+    from alad.compression import is_quantized_folder
+
+    int8 = is_quantized_folder(runner.student)  # int8 weights cannot train: no joint rows
     rows = []
     for key, label, kind, adapter, mode, settings in plans:
         if (wanted is not None and key not in wanted) or (kind.endswith("-kd") and not kd):
