@@ -921,26 +921,15 @@ def plot_label_sweep(results: dict, path: Path) -> None:
     for ax, pair in zip(axes[0], pairs, strict=True):
         rows = [r for r in results["rows"] if r["pair"] == pair and r["kind"] != "variant"]
         for name in dict.fromkeys(r["name"] for r in rows):
-            points = sorted((r["labels"], r["main"]) for r in rows if r["name"] == name and r.get("labels"))
-            kind = next(r["kind"] for r in rows if r["name"] == name)
-            marker, color = _STYLES[kind]
-            style = "--" if "joint" in name or "full" in name else "-"
-            if len(points) > 1:
-                ax.plot(
-                    *zip(*points, strict=True),
-                    marker=marker,
-                    color=color,
-                    linestyle=style,
-                    label=_short_label(next(r for r in rows if r["name"] == name)),
-                )
-            else:
-                flat = next(r["main"] for r in rows if r["name"] == name)
-                ax.axhline(
-                    flat,
-                    color=color,
-                    linestyle=":",
-                    label=f"{_short_label(next(r for r in rows if r['name'] == name))} (no student labels)",
-                )
+            mine = [r for r in rows if r["name"] == name]
+            marker, color = _STYLES[mine[0]["kind"]]
+            label = _short_label(mine[0])
+            if all(not r.get("labels") for r in mine):  # teacher, teacher-head: no student labels
+                ax.axhline(mine[0]["main"], color=color, linestyle=":", label=f"{label} (no student labels)")
+                continue
+            points = sorted((r["labels"], r["main"]) for r in mine if r.get("labels"))
+            style = "--" if mine[0].get("mode") == "joint" else "-"
+            ax.plot(*zip(*points, strict=True), marker=marker, color=color, linestyle=style, label=label)
         ax.set_xscale("log")
         ax.set_xticks(budgets, [str(b) for b in budgets])
         _finish_axes(ax, "labelled training items", metric, f"{results['task'].upper()} ({results['profile']}): {pair}")
