@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from alad.validation import NonFiniteLossError, check_finite_loss
+from alad.training_loop import clip_and_step
+from alad.validation import check_finite_loss
 
 T = TypeVar("T")
 
@@ -219,12 +220,7 @@ def data_parallel_steps(
             offset += p.numel()
         total = part[-1]
         check_finite_loss(total)  # every process sees the same sum: all stop together
-        if grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(list(params), grad_clip)
-            if not bool(torch.isfinite(norm)):
-                raise NonFiniteLossError(f"the gradient norm became {norm.item()}")
-        optimizer.step()
-        scheduler.step()
+        clip_and_step(optimizer, scheduler, params, grad_clip)
         totals.append(total)
     return totals
 

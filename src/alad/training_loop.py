@@ -115,6 +115,16 @@ def optimizer_step(
     check_finite_loss(loss)  # a NaN/inf loss never reaches the weights
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    clip_and_step(optimizer, scheduler, parameters, grad_clip)
+
+
+def clip_and_step(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    parameters: Iterable[torch.nn.Parameter],
+    grad_clip: float,
+) -> None:
+    """Clip the gradient norm (when ``grad_clip`` > 0; a NaN/inf norm stops training), then step both."""
     if grad_clip > 0:
         norm = torch.nn.utils.clip_grad_norm_(list(parameters), grad_clip)
         if not bool(torch.isfinite(norm)):
