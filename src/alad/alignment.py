@@ -654,26 +654,25 @@ def _lr_factor(config: AlignConfig, steps_per_epoch: int, total_steps: int, trai
     return factor
 
 
-def plateau_epochs(history: Sequence[dict[str, Any]], min_delta: float) -> int:
-    """Epochs whose held-out cosine did not beat the best before them by more than ``min_delta``."""
-    best, count = float("-inf"), 0
-    for entry in history:
-        if entry["val_cosine"] > best + min_delta:
-            best = entry["val_cosine"]
-        else:
-            count += 1
-    return count
-
-
-def stalled_epochs(history: Sequence[dict[str, Any]], min_delta: float) -> int:
-    """Epochs since the held-out cosine last rose by more than ``min_delta`` over its best so far."""
-    best, since = float("-inf"), 0
+def _cosine_progress(history: Sequence[dict[str, Any]], min_delta: float) -> tuple[int, int]:
+    """(epochs since the held-out cosine last beat its best by more than ``min_delta``, such epochs in all)."""
+    best, since, total = float("-inf"), 0, 0
     for entry in history:
         if entry["val_cosine"] > best + min_delta:
             best, since = entry["val_cosine"], 0
         else:
-            since += 1
-    return since
+            since, total = since + 1, total + 1
+    return since, total
+
+
+def plateau_epochs(history: Sequence[dict[str, Any]], min_delta: float) -> int:
+    """Epochs whose held-out cosine did not beat the best before them by more than ``min_delta``."""
+    return _cosine_progress(history, min_delta)[1]
+
+
+def stalled_epochs(history: Sequence[dict[str, Any]], min_delta: float) -> int:
+    """Epochs since the held-out cosine last rose by more than ``min_delta`` over its best so far."""
+    return _cosine_progress(history, min_delta)[0]
 
 
 def _check_same_run(out: Path, config: AlignConfig, texts_sha256: str | None) -> None:

@@ -418,7 +418,7 @@ def _run_pair(ctx: _Context, pair: dict) -> tuple[list[dict], dict]:
         ctx.config, pair, ctx.teachers_dir, ctx.show_progress, ctx.device, ctx.report_only
     )
     rows = [_row(TEACHER_ROW, "teacher", teacher_result, ctx.task, teacher_dir / MODEL_DIR, ctx.seq_len, labels=None)]
-    alignment = align_stages(ctx, name, pair_dir, student, teacher_dir / MODEL_DIR / "encoder")
+    alignment = align_stages(ctx, pair, name, pair_dir, student, teacher_dir / MODEL_DIR / "encoder")
     teacher_emb = _cosine_reference(ctx.config, ctx.splits, teacher_dir / MODEL_DIR / "encoder", ctx.show_progress)
     runner = _RowRunner(ctx, pair_dir, student, teacher_dir, teacher_emb)
     for window in tuple(int(w) for w in ctx.config["windows"]):
@@ -593,13 +593,7 @@ def _finished_for_report(ctx: _Context, folder: Path, done_file: str) -> None:
         raise ValueError(f"{folder} is not finished, and every later row needs it; run without --report-only first")
 
 
-def pair_setting(config: dict, name: str, key: str):
-    """A recipe setting, overridden by the same key in the pair's own entry."""
-    pair = next((p for p in config["pairs"] if p.get("name") == name), {})
-    return pair.get(key, config.get(key))
-
-
-def align_stages(ctx: _Context, name: str, pair_dir: Path, student: str, teacher_encoder: Path) -> dict:
+def align_stages(ctx: _Context, pair: dict, name: str, pair_dir: Path, student: str, teacher_encoder: Path) -> dict:
     """Stage 1 on the corpus (unless ``stage1: null``), stage 2 on the task's text, and with
     ``compare_stage1`` stage 2 from scratch too; the adapter with the better held-out cosine is used."""
     config = ctx.config
@@ -616,7 +610,7 @@ def align_stages(ctx: _Context, name: str, pair_dir: Path, student: str, teacher
     corpus = f"task:{ctx.task}:{config.get('data')}:{config.get('stage2_texts', 'all')}"
     stage2 = dict(config.get("stage2") or {})
     variants = {"stage2": str(pair_dir / "stage1") if stage1 is not None else None}
-    if pair_setting(config, name, "compare_stage1") and stage1 is not None:
+    if pair.get("compare_stage1", config.get("compare_stage1")) and stage1 is not None:  # a pair may override
         variants["stage2-scratch"] = None
     for folder, init in variants.items():
         align2 = AlignConfig(init=init, max_texts=None, corpus=corpus, **common, **stage2)

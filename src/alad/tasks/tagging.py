@@ -290,8 +290,7 @@ def predict_tags(model, sentences: Sequence, show_progress: bool = False) -> lis
     plain = [TaggedSentence(list(s.tokens), None) for s in sentences]
     label_to_id = {label: i for i, label in enumerate(model.config.labels)}
     features = prepare_token_features(plain, model.tokenizer, label_to_id, model.max_length)
-    task = TASKS.get(model.config.task) or TaggingTask(model.config.task, "", (), None)
-    logits = batched_logits(model, task, features, show_progress=show_progress)
+    logits = batched_logits(model, TASKS[model.config.task], features, show_progress=show_progress)
     return decode_token_predictions(plain, features, [x.argmax(-1).tolist() for x in logits], model.config.labels)
 
 
