@@ -141,7 +141,8 @@ def format_table(report: dict) -> str:
         f"Machine: {setup['machine']}; one torch thread per process  ",
         f"Pair: {setup['student']} (layers {setup['keep_layers']}) -> {setup['teacher']}; windows "
         f"{setup['windows']}, {setup['epochs']} epochs, {setup['batch_tokens']} tokens per batch, buffer "
-        f"{setup['buffer_tokens']:,} tokens, cache shards of {setup['shard_texts']} texts",
+        f"{setup['buffer_tokens']:,} tokens, cache shards of {setup['shard_texts']} texts  ",
+        f"Meanwhile on this machine: {setup.get('note') or 'nothing else (quiet)'}",
         "",
         "## Corpus size (1 process)",
         "",
@@ -151,6 +152,8 @@ def format_table(report: dict) -> str:
     ]
     sizes = report["sizes"]
     base = sizes[0]["peak_rss_mib"] if sizes else 1.0
+    if not sizes:
+        lines = lines[:-5]
     for row in sizes:
         lines.append(
             f"| {row['texts']:,} | {row['wall_s']:.1f} | {row['cache_build_s']:.1f} | "
@@ -210,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=12 * 3600, help="seconds per child run")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one, deleted)")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--name", default="align_scale", help="file stem of the JSON / markdown written to --out")
+    parser.add_argument("--note", default="", help="what else the machine ran meanwhile (written into the table)")
     args = parser.parse_args(argv)
     if args.child:
         child(args.child)
@@ -259,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch_tokens": args.batch_tokens,
             "buffer_tokens": buffer_tokens,
             "shard_texts": args.shard_texts,
+            "note": args.note,
         },
         "sizes": sizes,
         "processes": processes,
@@ -270,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         report["train_speedup_2_vs_1"] = processes[1]["train_tokens_per_s"] / processes[0]["train_tokens_per_s"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "align_scale.json", report)
-    write_text_atomic(out / "align_scale.md", format_table(report))
+    write_json_atomic(out / f"{args.name}.json", report)
+    write_text_atomic(out / f"{args.name}.md", format_table(report))
     print(format_table(report))
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,21 @@ COSINE_TOLERANCE = 1e-3  # 1 vs 2 processes: held-out cosine after training, abs
 SHARD_TEXTS = 4  # 40 texts -> 10 cache shards, shared by the two processes
 
 
-def launch(tmp_path: Path, job: dict, name: str, timeout: int = 180) -> dict:
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
+def accelerate_launcher() -> list[str]:
+    """``accelerate launch`` for 2 processes on this machine: its multi-process launcher (named
+    ``--multi_gpu``, it runs torch.distributed.run) also starts CPU processes; alad picks gloo there."""
+    with socket.socket() as probe:  # a free port: accelerate's default 29500 may be taken
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"] + [
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)
+    ]
+
+
+def launch(tmp_path: Path, job: dict, name: str, timeout: int = 180, launcher: list[str] | None = None) -> dict:
     job = {**job, "result": str(tmp_path / f"{name}.result.json")}
     job_file = tmp_path / f"{name}.job.json"
     job_file.write_text(json.dumps(job), encoding="utf-8")
@@ -40,7 +55,7 @@ def launch(tmp_path: Path, job: dict, name: str, timeout: int = 180) -> dict:
     }
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command = launcher or TORCHRUN
     done = subprocess.run(
         [*command, str(TESTS / "distributed_worker.py"), str(job_file)],
         env=env,
@@ -121,6 +136,27 @@ def test_two_processes_match_one_process(two_process_run, one_process_run, job):
     for manifest in manifests:
         shards = json.loads(manifest.read_text())["shards"]
         assert [s["index"] for s in shards] == list(range(10))
+
+
+def test_accelerate_launch_matches_one_process(job, one_process_run, tmp_path):
+    """``accelerate launch --num_processes 2 ...`` gives the same run as torchrun and as one process."""
+    out = tmp_path / "accelerate"
+    cache = tmp_path / "cache"  # a fresh cache: the two processes build it, as under torchrun
+    result = launch(
+        tmp_path,
+        {**job, "out": str(out), "settings": {**job["settings"], "cache_dir": str(cache)}},
+        "accelerate",
+        launcher=accelerate_launcher(),
+    )
+    two, one = result["summary"], one_process_run[1]
+    assert result["world_size"] == 2
+    first, second = result["built"]
+    assert len(first) == len(second) == 10 and not set(first) & set(second)
+    for window in ("1", "3"):
+        assert two["windows"][window]["val_cosine"] == pytest.approx(
+            one["windows"][window]["val_cosine"], abs=COSINE_TOLERANCE
+        )
+    assert (out / "w3" / "adapter.safetensors").is_file() and not (out / "checkpoint").exists()
 
 
 def test_two_processes_resume_mid_epoch_exactly(two_process_run, job, tmp_path):

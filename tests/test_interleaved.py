@@ -45,6 +45,17 @@ def test_interleaved_latency_orders_rows_by_their_cost():
         interleaved_latency(rows, batches, rounds=0)
 
 
+def test_interleaved_latency_gives_each_row_its_own_batches():
+    """Rows with other tokenizers read the same items as their own token ids (here: other lengths)."""
+    short = {1: [(torch.zeros(1, 3), torch.ones(1, 3))], 32: [(torch.zeros(2, 4), torch.ones(2, 4))]}
+    long = {1: [(torch.zeros(1, 7), torch.ones(1, 7))], 32: [(torch.zeros(2, 9), torch.ones(2, 9))]}
+    seen = {"a": set(), "b": set()}
+    rows = {name: (lambda ids, mask, name=name: seen[name].add(ids.shape[1])) for name in seen}
+    result = interleaved_latency(rows, {"a": short, "b": long}, rounds=2)
+    assert seen == {"a": {3, 4}, "b": {7, 9}}
+    assert result["a"][1]["mean_tokens"] == 3 and result["b"][32]["mean_tokens"] == 9
+
+
 def _benchmark(name: str):
     path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"bench_{name}", path)

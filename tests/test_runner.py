@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib
 import json
 import types
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from tiny_tasks import MODES, save_tiny_bert, write_qa_data, write_recipe
 
@@ -60,6 +62,12 @@ def test_recipe_rows(recipe_run):
     for row in rows:
         assert row["params"] > 0 and row["latency_ms_b1"] > 0 and row["latency_ms_b32"] > 0, row["name"]
         assert row["main"] == row["micro_f1"] and 0.0 <= row["main"] <= 100.0
+        assert Path(row["model_dir"]).is_dir(), row["name"]
+        # timed on the evaluation sentences' real lengths (3 items of 3-8 words), not on a fixed length
+        assert 2 < row["latency_tokens_b1"] < 20, row
+    # one interleaved pass over every row of the main budget, at the end
+    threads = torch.get_num_threads()
+    assert results["latency"] == {"rounds": 2, "calls": 3, "threads": threads, "rows": 9, "eval_items": 10}
     by_name = {r["name"]: r for r in rows}
     # the 1-layer student is smaller than the 2-layer teacher; the adapter and head add a little
     teacher, student = by_name[TEACHER], by_name[STUDENT_FROZEN]
@@ -206,7 +214,7 @@ def test_summary_recovery_share_and_gain():
     assert "recovery" not in by_name[TEACHER] and "share_of_teacher" not in by_name["AlAd w3, frozen"]
     markdown = format_results(_results(rows, pair))
     assert "WARNING" not in markdown
-    assert "| AlAd w3, frozen | 65.00 | 65.00 | 1.00M | 0 |  | 1.00 | 5.00 |  | 50% | 10.00 |  |" in markdown
+    assert "| AlAd w3, frozen | 65.00 | 65.00 | 1.00M | 0 |  | 1.00 | 5.00 |  |  | 50% | 10.00 |  |" in markdown
     assert "| stage2 | 30 | 4 / 10 | w3 0.7500 | 0.5000 | w3 |" in markdown
     assert "| AlAd w3, teacher-head |" in markdown and "| -33% |" in markdown
 

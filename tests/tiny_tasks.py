@@ -198,6 +198,7 @@ def write_recipe(folder: Path, bert_dir: Path, sentences: list[str], **extra) ->
         "windows": [1],
         "modes": MODES,
         "batch_size": 8,
+        "latency": {"rounds": 2, "batches": 3},
         "profiles": {
             "quick": {
                 "stage1": {"epochs": 1, "max_texts": 20, "hidden_size": 16},

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 
 def real_length_batches(
@@ -42,37 +43,45 @@ def real_length_batches(
 
 def interleaved_latency(
     rows: dict[str, Callable[[torch.Tensor, torch.Tensor], Any]],
-    batches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]],
+    batches: dict,
     rounds: int = 7,
     warmup: int = 1,
     seed: int = 0,
+    show_progress: bool = False,
 ) -> dict[str, dict[int, dict[str, Any]]]:
-    """``{row: {batch_size: {median_ms, min_ms, max_ms, rounds, calls, mean_tokens}}}``; see the module doc."""
+    """``{row: {batch_size: {median_ms, min_ms, max_ms, rounds, calls, mean_tokens}}}``; see the module doc.
+
+    ``batches`` is ``{batch_size: [(input_ids, attention_mask), ...]}`` shared by every row, or
+    ``{row: {batch_size: [...]}}`` where rows read different tokenizers (the same items, each row's
+    own token ids).
+    """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    per_row = batches if set(batches) == set(rows) else {name: batches for name in rows}
+    sizes = list(next(iter(per_row.values()))) if per_row else []
     rng = random.Random(seed)
-    times: dict[str, dict[int, list[float]]] = {name: {b: [] for b in batches} for name in rows}
+    times: dict[str, dict[int, list[float]]] = {name: {b: [] for b in sizes} for name in rows}
     with torch.inference_mode():
-        for fn in rows.values():  # warm-up: first calls pay for lazy initialisation
-            for group in batches.values():
+        for name, fn in rows.items():  # warm-up: first calls pay for lazy initialisation
+            for group in per_row[name].values():
                 for ids, mask in group[: max(1, warmup)]:
                     fn(ids, mask)
         gc.collect()
-        for _ in range(rounds):
+        for _ in tqdm(range(rounds), desc="timing rows (interleaved)", disable=not show_progress):
             order = list(rows)
             rng.shuffle(order)
-            for size in batches:
+            for size in sizes:
                 for name in order:
-                    fn = rows[name]
+                    fn, group = rows[name], per_row[name][size]
                     start = time.perf_counter()
-                    for ids, mask in batches[size]:
+                    for ids, mask in group:
                         fn(ids, mask)
-                    times[name][size].append((time.perf_counter() - start) * 1e3 / len(batches[size]))
+                    times[name][size].append((time.perf_counter() - start) * 1e3 / len(group))
     out: dict[str, dict[int, dict[str, Any]]] = {}
     for name in rows:
         out[name] = {}
-        for size, group in batches.items():
-            values = sorted(times[name][size])
+        for size in sizes:
+            group, values = per_row[name][size], sorted(times[name][size])
             out[name][size] = {
                 "median_ms": statistics.median(values),
                 "min_ms": values[0],

@@ -40,7 +40,6 @@ from alad.finetuning import (
     headline,
     load_splits,
     main_metric,
-    task_model_latency,
 )
 from alad.models import load_encoder, resolve_device
 from alad.run_folder import check_path_name, check_run_folder, claim_run_folder
@@ -65,7 +64,7 @@ _RUN_FIELDS = {
     "name",
     "description",
     "cosine_texts",
-    "latency_seq_len",
+    "latency",
     "labels",
     "stage2_texts",
     "extra_texts",
@@ -207,13 +206,8 @@ def _teacher_run(
     return run, finetune(run, ft, show_progress=show_progress, device=device)
 
 
-def _row(name: str, kind: str, result: dict, task: str, model_dir: Path, latency_seq_len: int | None, **extra) -> dict:
-    """One results row; latency (CPU, batch 1 and 32) only where ``latency_seq_len`` is given."""
-    from alad.task_models import AladTaskModel
-
-    latency = None
-    if latency_seq_len:
-        latency = task_model_latency(AladTaskModel.from_pretrained(model_dir), latency_seq_len)
+def _row(name: str, kind: str, result: dict, task: str, model_dir: Path, timed: bool, **extra) -> dict:
+    """One results row. ``timed`` rows are timed later, all together (see :func:`time_rows`)."""
     numbers = headline(result["metrics"], task)
     return {
         "name": name,
@@ -223,8 +217,9 @@ def _row(name: str, kind: str, result: dict, task: str, model_dir: Path, latency
         "main": numbers[main_metric(task)],
         "params": result["params_total"],
         "params_trained": result["params_trained"],
-        "latency_ms_b1": latency[1]["median_ms"] if latency else None,
-        "latency_ms_b32": latency[32]["median_ms"] if latency else None,
+        "latency_ms_b1": None,
+        "latency_ms_b32": None,
+        "model_dir": str(model_dir) if timed else None,
         "train_seconds": result.get("train_seconds"),
         "unlabelled_items": (result.get("training") or {}).get("unlabelled_items", 0),
         **(
@@ -233,6 +228,57 @@ def _row(name: str, kind: str, result: dict, task: str, model_dir: Path, latency
             else {}
         ),
         **extra,
+    }
+
+
+LATENCY_DEFAULTS = {"rounds": 7, "batches": 32, "threads": None}
+
+
+def time_rows(config: dict, splits: TaskSplits, rows: list[dict], show_progress: bool = False) -> dict[str, Any]:
+    """CPU latency of every timed row (``model_dir`` set) in one interleaved, repeated pass at the end,
+    on the evaluation set's own items at their real lengths (each model through its own tokenizer).
+
+    Rows timed minutes apart on a shared machine compare the machine, not the models; see
+    :mod:`alad.interleaved`. Fills ``latency_ms_b1`` / ``latency_ms_b32`` (medians over rounds) and
+    returns how the pass was run, for the table.
+    """
+    from alad.interleaved import interleaved_latency, real_length_batches
+    from alad.task_models import AladTaskModel
+
+    settings = {**LATENCY_DEFAULTS, **(config.get("latency") or {})}
+    task, template = get_task(config["task"]), _finetune_config(config)
+    timed = [row for row in rows if row.get("model_dir")]
+    models, batches = {}, {}
+    for index, row in enumerate(timed):
+        key = f"{index}:{row.get('pair')}:{row['name']}"
+        model = AladTaskModel.from_pretrained(row["model_dir"]).eval()
+        features = task.features(model, splits.eval, template, labelled=False)  # inputs only, no label read
+
+        def collate(group, model=model):
+            return task.collate(model, group)
+
+        models[key] = model
+        batches[key] = {b: real_length_batches(features, collate, b, settings["batches"]) for b in (1, 32)}
+    if not models:
+        return {}
+    threads = torch.get_num_threads()
+    if settings["threads"]:
+        torch.set_num_threads(int(settings["threads"]))
+    try:
+        timings = interleaved_latency(models, batches, rounds=int(settings["rounds"]), show_progress=show_progress)
+    finally:
+        torch.set_num_threads(threads)
+    for key, row in zip(models, timed, strict=True):
+        row["latency_ms_b1"] = timings[key][1]["median_ms"]
+        row["latency_ms_b32"] = timings[key][32]["median_ms"]
+        row["latency_tokens_b1"] = timings[key][1]["mean_tokens"]
+    first = timings[next(iter(models))]
+    return {
+        "rounds": int(settings["rounds"]),
+        "calls": first[1]["calls"],
+        "threads": first[1]["threads"],
+        "rows": len(models),
+        "eval_items": len(splits.eval),
     }
 
 
@@ -258,7 +304,6 @@ class _Context:
     budgets: list[int]
     main_budget: int
     teachers_dir: Path
-    seq_len: int
     show_progress: bool
     device: str
     extra_texts: list[str]
@@ -340,6 +385,7 @@ def run_recipe(
         rows, pair_summary = _run_pair(ctx, pair)
         pairs_out.append(pair_summary)
         all_rows.extend({**r, "pair": pair_summary["name"]} for r in rows)
+    latency = time_rows(config, ctx.splits, all_rows, show_progress)  # every row together, at the end
     results = {
         "task": ctx.task,
         "profile": config["profile"],
@@ -351,6 +397,7 @@ def run_recipe(
         "machine": machine_info(device),
         "pairs": pairs_out,
         "rows": all_rows,
+        "latency": latency,
         "missing": ctx.missing,
     }
     write_json_atomic(ctx.out / "results.json", results)
@@ -387,7 +434,6 @@ def _context(config: dict, out: Path, show_progress: bool, device: str, labels) 
         budgets=budgets,
         main_budget=main,
         teachers_dir=Path(config.get("teachers_dir") or out.parent / "teachers"),
-        seq_len=int(config.get("latency_seq_len", 32)),
         show_progress=show_progress,
         device=device,
         extra_texts=extra,
@@ -417,7 +463,7 @@ def _run_pair(ctx: _Context, pair: dict) -> tuple[list[dict], dict]:
     teacher_dir, teacher_result = _teacher_run(
         ctx.config, pair, ctx.teachers_dir, ctx.show_progress, ctx.device, ctx.report_only
     )
-    rows = [_row(TEACHER_ROW, "teacher", teacher_result, ctx.task, teacher_dir / MODEL_DIR, ctx.seq_len, labels=None)]
+    rows = [_row(TEACHER_ROW, "teacher", teacher_result, ctx.task, teacher_dir / MODEL_DIR, True, labels=None)]
     alignment = align_stages(ctx, pair, name, pair_dir, student, teacher_dir / MODEL_DIR / "encoder")
     teacher_emb = _cosine_reference(ctx.config, ctx.splits, teacher_dir / MODEL_DIR / "encoder", ctx.show_progress)
     runner = _RowRunner(ctx, pair_dir, student, teacher_dir, teacher_emb)
@@ -496,7 +542,7 @@ class _RowRunner:
             return None
         splits = ctx.splits.with_budget(budget)
         result = finetune(folder, ft, splits=splits, show_progress=ctx.show_progress, device=ctx.device)
-        timed = ctx.seq_len if budget == ctx.main_budget and "variant" not in extra else None
+        timed = budget == ctx.main_budget and "variant" not in extra
         row = _row(label, kind, result, ctx.task, folder / MODEL_DIR, timed, **{"labels": budget, **extra})
         if adapter_dir:
             row["cosine_to_teacher"] = _cosine(folder, self.teacher_emb)
@@ -783,10 +829,21 @@ def format_results(results: dict) -> str:
         "minus the random-init adapter trained the same way (points); share of teacher = teacher-head score / teacher "
         "score (no task labels used for the student). KD rows read the teacher's soft predictions on the labelled "
         "items and on unlabelled items of the training split (column 'unlabelled'), never their gold labels. "
-        f"Latency: CPU, median, {config.get('latency_seq_len', 32)} tokens per sequence, measured for the rows "
-        "of the main budget. 'cos to teacher' is measured on adapter rows only (held-out evaluation texts).",
+        f"{_latency_note(results.get('latency'))} 'cos to teacher' is measured on adapter rows only (held-out "
+        "evaluation texts).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _latency_note(latency: dict | None) -> str:
+    if not latency:
+        return "Latency: not measured."
+    return (
+        f"Latency: CPU, {latency['threads']} torch thread(s), every row of the main budget timed together at the end "
+        f"in {latency['rounds']} interleaved rounds (median), each round {latency['calls']} calls per batch size on "
+        f"the evaluation set's own items at their real lengths (batch 1: single items, mean tokens in column "
+        f"'tokens b1'; batch 32: length-sorted groups), each model through its own tokenizer."
+    )
 
 
 def _alignment_table(alignment: dict) -> list[str]:
@@ -811,9 +868,9 @@ def _alignment_table(alignment: dict) -> list[str]:
 
 def _rows_table(rows: list[dict], cols: list[str]) -> list[str]:
     lines = [
-        "| row | " + " | ".join(cols) + " | params | trained | unlabelled | ms b1 | ms b32 | cos to teacher | "
-        "recovery | vs random | share of teacher |",
-        "|---" * (len(cols) + 10) + "|",
+        "| row | " + " | ".join(cols) + " | params | trained | unlabelled | ms b1 | ms b32 | tokens b1 | "
+        "cos to teacher | recovery | vs random | share of teacher |",
+        "|---" * (len(cols) + 11) + "|",
     ]
     for row in rows:
         lines.append(
@@ -821,7 +878,8 @@ def _rows_table(rows: list[dict], cols: list[str]) -> list[str]:
             + " | ".join(f"{row[c]:.2f}" for c in cols)
             + f" | {_count(row['params'])} | {_count(row['params_trained'])} | {row.get('unlabelled_items') or ''} | "
             f"{_fmt(row.get('latency_ms_b1'))} | {_fmt(row.get('latency_ms_b32'))} | "
-            f"{_fmt(row.get('cosine_to_teacher'))} | {_fmt(row.get('recovery'), True)} | "
+            f"{_fmt(row.get('latency_tokens_b1'))} | {_fmt(row.get('cosine_to_teacher'))} | "
+            f"{_fmt(row.get('recovery'), True)} | "
             f"{_fmt(row.get('gain_over_random'))} | {_fmt(row.get('share_of_teacher'), True)} |"
         )
     return lines
