@@ -1,4 +1,4 @@
-"""Tests for alad.adapter: window features, padding, shapes and strict save/load."""
+"""Tests for alad.adapters: window features, padding, shapes and strict save/load."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from alad.adapter import CONFIG_FILE, WEIGHTS_FILE, AdapterConfig, AlignmentAdapter, window_features
+from alad.adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterConfig, AlignmentAdapter, window_features
 from alad.serialization import ArtefactError
 
 STATES = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]])  # [B=1, T=3, d=2]

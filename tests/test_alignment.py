@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from alad.adapter import AdapterConfig, AlignmentAdapter, window_features
+from alad.adapters import AdapterConfig, AlignmentAdapter, window_features
 from alad.alignment import (
     RUN_CONFIG,
     AlignConfig,

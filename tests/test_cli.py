@@ -15,7 +15,7 @@ import yaml
 from safetensors.torch import load_file
 from tiny_tasks import write_corpus, write_ner_data, write_qa_data, write_recipe
 
-from alad.adapter import AdapterConfig, AlignmentAdapter
+from alad.adapters import AdapterConfig, AlignmentAdapter
 from alad.cli import main
 from alad.models import load_encoder
 

@@ -13,7 +13,7 @@ from tiny_tasks import write_ner_data
 pytest.importorskip("onnxruntime", reason="ONNX export tests need onnxruntime (pip install onnx onnxruntime)")
 pytest.importorskip("onnxscript", reason="ONNX export tests need onnxscript (torch.onnx.export with dynamo=True)")
 
-from alad.adapter import AdapterConfig, AlignmentAdapter  # noqa: E402
+from alad.adapters import AdapterConfig, AlignmentAdapter  # noqa: E402
 from alad.cli import main  # noqa: E402
 from alad.compression import compress  # noqa: E402
 from alad.export import OnnxTaskModel, export_onnx  # noqa: E402

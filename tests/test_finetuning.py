@@ -13,7 +13,7 @@ from tiny_tasks import QA_DEV, save_tiny_bert, write_ner_data, write_pos_data, w
 
 # ``alad.finetuning`` is also the name of the function the package exports: patch the module itself.
 import alad.finetuning as finetune_module
-from alad.adapter import AdapterConfig, AlignmentAdapter
+from alad.adapters import AdapterConfig, AlignmentAdapter
 from alad.finetuning import (
     FINETUNE_CONFIG,
     METRICS,

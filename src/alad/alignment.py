@@ -28,7 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from alad import distributed
-from alad.adapter import AdapterConfig, AlignmentAdapter
+from alad.adapters import AdapterConfig, AlignmentAdapter
 from alad.cache import EmbeddingCache, TokenEmbeddings, corpus_hash, encode_spans
 from alad.models import MINILM, MPNET, Encoder, load_encoder, resolve_device
 from alad.run_folder import claim_run_folder, remove_own_files

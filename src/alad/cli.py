@@ -114,7 +114,7 @@ def _cmd_align(args: argparse.Namespace) -> int:
 
 def describe(path: str | Path) -> str:
     """Human-readable description of an adapter folder or an alignment run folder."""
-    from alad.adapter import CONFIG_FILE, AlignmentAdapter
+    from alad.adapters import CONFIG_FILE, AlignmentAdapter
     from alad.alignment import SUMMARY_JSON, format_summary
     from alad.serialization import read_json
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from alad.adapter import AdapterConfig, AlignmentAdapter
+from alad.adapters import AdapterConfig, AlignmentAdapter
 from alad.alignment import AlignConfig, align, alignment_cosine, format_summary
 from alad.cache import EmbeddingCache
 from alad.config_files import load_run_file
