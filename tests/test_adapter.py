@@ -362,7 +362,7 @@ def test_bad_type_options_fail_with_one_clear_message(options, message):
 
 def test_load_refuses_an_unknown_type_and_a_type_of_another_class(tmp_path):
     _trained_attention().save_pretrained(tmp_path / "att")
-    with pytest.raises(ArtefactError, match="holds a 'attention' adapter, not a 'mlp' one"):
+    with pytest.raises(ArtefactError, match="holds an adapter of type 'attention', not 'mlp'"):
         WindowMLPAdapter.from_pretrained(tmp_path / "att")
     assert type(WindowAttentionAdapter.from_pretrained(tmp_path / "att")) is WindowAttentionAdapter
     _edit_header(tmp_path / "att", lambda h: h["config"].update(attention_dim=16))

@@ -93,6 +93,16 @@ class AdapterConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         check_type_options(self.adapter_type, {name: getattr(self, name) for name in type_option_defaults()})
 
+    def describe_type(self) -> dict[str, Any]:
+        """The type and the options it reads, as summaries record them: ``{"adapter_type": "mlp"}`` or
+        ``{"adapter_type": "attention", "attention_dim": 128, "attention_heads": 4}``."""
+        options = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if self.adapter_type in f.metadata.get("adapter_types", ())
+        }
+        return {"adapter_type": self.adapter_type, **options}
+
 
 def type_option_defaults() -> dict[str, Any]:
     """``{field: default}`` of the config fields that only some adapter types read."""
@@ -238,7 +248,7 @@ class AlignmentAdapter(nn.Module):
         adapter_class = get_adapter_class(config.adapter_type)
         if cls is not AlignmentAdapter and adapter_class is not cls:
             raise ArtefactError(
-                f"{directory} holds a {config.adapter_type!r} adapter, not a {cls.adapter_type!r} one; load it with "
+                f"{directory} holds an adapter of type {config.adapter_type!r}, not {cls.adapter_type!r}; load it with "
                 "AlignmentAdapter.from_pretrained"
             )
         verify_weights(directory, header, [WEIGHTS_FILE], CONFIG_FILE, "adapter weights")
