@@ -159,13 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     student_run = out / "student-frozen"
     result = finetune(student_run, base, splits=splits, show_progress=progress, mode="frozen")
-    rows.append(_row("student alone, frozen", None, None, None, "frozen", result, student_run))
+    rows.append(_row("student alone, frozen", None, None, None, "frozen", result, student_run, task.main_metric))
     for (adapter_type, size, window), adapter in adapters.items():
         for mode in modes:
             folder = out / f"{_prefix(adapter_type)}h{size}-w{window}-{mode}"
             result = finetune(folder, base, splits=splits, show_progress=progress, adapter=str(adapter), mode=mode)
             name = f"{adapter_type + ' ' if adapter_type != 'mlp' else ''}h{size} w{window}, {mode}"
-            rows.append(_row(name, adapter_type, size, window, mode, result, folder))
+            rows.append(_row(name, adapter_type, size, window, mode, result, folder, task.main_metric))
 
     # latency: every row at the end, in one interleaved pass on the evaluation set's real lengths
     torch.set_num_threads(args.threads)
@@ -214,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _row(name, adapter_type, size, window, mode, result, folder) -> dict:
-    metric = next(iter(result["headline"]))
+def _row(name, adapter_type, size, window, mode, result, folder, metric) -> dict:
+    """One table row; the metric is read by name (a reused run's headline comes back in sorted key order)."""
     return {
         "name": name,
         "type": adapter_type,
