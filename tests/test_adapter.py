@@ -374,3 +374,17 @@ def test_load_refuses_an_unknown_type_and_a_type_of_another_class(tmp_path):
     _edit_header(tmp_path / "att", lambda h: h["config"].update(adapter_type="mlp"))  # attention_dim 16 now
     with pytest.raises(ArtefactError, match="attention_dim=16 is only read by adapter_type 'attention'"):
         AlignmentAdapter.from_pretrained(tmp_path / "att")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
+def test_attention_adapter_on_cuda_matches_cpu_and_ignores_padding():
+    adapter = _trained_attention(window=5)
+    x = torch.randn(2, 7, 8)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0], [1] * 7])
+    on_cpu = adapter(x, mask)
+    gpu = adapter.to("cuda")
+    on_gpu = gpu(x.cuda(), mask.cuda())
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=0, atol=1e-4)
+    alone = gpu(x[:1, :4].cuda(), torch.ones(1, 4, device="cuda"))
+    torch.testing.assert_close(on_gpu[0, :4], alone[0], rtol=0, atol=1e-4)
+    assert torch.equal(on_gpu[0, 4:].cpu(), torch.zeros(3, 6))
