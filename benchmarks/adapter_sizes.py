@@ -1,10 +1,13 @@
-"""Benchmark: the adapter-size trade-off, hidden size x window, main metric against CPU latency overhead.
+"""Benchmark: the adapter-size trade-off, adapter type x hidden size x window, main metric against CPU
+latency overhead.
 
-For one student and one fine-tuned teacher run, every adapter of the sweep (hidden size x window)
-is aligned (stage 1 on a corpus, then stage 2 on the task's training text, labels never read),
-then trained on the task in each mode asked for (``frozen``, ``teacher-head``, ...). All adapters
-read one embedding cache: the teacher and the student run once over each text set, and every hidden
-size reuses those cached states (windows train together in one pass per hidden size).
+For one student and one fine-tuned teacher run, every adapter of the sweep (adapter type x hidden
+size x window; types ``mlp``, the window MLP, and ``attention``, the window MLP + one masked
+self-attention block, with ``--adapter-types mlp,attention``) is aligned (stage 1 on a corpus, then
+stage 2 on the task's training text, labels never read), then trained on the task in each mode asked
+for (``frozen``, ``teacher-head``, ...). All adapters read one embedding cache: the teacher and the
+student run once over each text set, and every type and hidden size reuses those cached states
+(windows train together in one pass per type and hidden size).
 
 Latency: the student alone (frozen + head) and every row are timed together at the end, in one
 interleaved, repeated pass (median over rounds) on the evaluation set's own items at their real
@@ -17,7 +20,12 @@ overhead at batch 1 and 32) to ``--out``; every stage is resumable (run the same
 
     python benchmarks/adapter_sizes.py --student models/minilm-l6 --teacher runs/teachers/ner-mpnet \\
         --corpus ../shared/data/corpus/nlp-corpus-sentences.txt --data conll2003 --task ner \\
-        --hidden 128,256,512,1280 --windows 1,3,5 --out benchmarks/results/adapter_sizes-ner-b
+        --hidden 128,256,512,1280 --windows 1,3,5 --adapter-types mlp,attention \\
+        --out benchmarks/results/adapter_sizes-ner-b
+
+Folders of the ``mlp`` type are named as before adapter types existed (``align-h128``,
+``h128-w3-frozen``), so an earlier sweep resumes; other types add their name (``align-attention-h128``,
+``attention-h128-w3-frozen``).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from alad.adapters import ADAPTER_TYPES
 from alad.alignment import AlignConfig, align
 from alad.finetuning import MODEL_DIR, FinetuneConfig, finetune, load_splits
 from alad.interleaved import interleaved_latency, real_length_batches
@@ -42,6 +51,28 @@ def _ints(text: str) -> list[int]:
     if not values or any(v < 1 for v in values):
         raise SystemExit(f"expected positive integers such as 128,256, got {text!r}")
     return values
+
+
+def _types(text: str) -> list[str]:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [n for n in names if n not in ADAPTER_TYPES]
+    if not names or unknown:
+        raise SystemExit(f"--adapter-types takes names among {', '.join(sorted(ADAPTER_TYPES))}, got {text!r}")
+    return list(dict.fromkeys(names))
+
+
+def type_options(adapter_type: str, attention_dim: int, attention_heads: int) -> dict:
+    """The alignment options of one adapter type: none for mlp, so its runs are the sweep's runs of before."""
+    if adapter_type == "mlp":
+        return {}
+    options = {"adapter_type": adapter_type}
+    if adapter_type == "attention":
+        options.update(attention_dim=attention_dim, attention_heads=attention_heads)
+    return options
+
+
+def _prefix(adapter_type: str) -> str:
+    return "" if adapter_type == "mlp" else f"{adapter_type}-"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--hidden", default="128,256,512,1280", help="adapter hidden sizes")
     parser.add_argument("--windows", default="1,3,5", help="adapter windows")
+    parser.add_argument(
+        "--adapter-types", default="mlp", help=f"adapter types, among {', '.join(sorted(ADAPTER_TYPES))} (default mlp)"
+    )
+    parser.add_argument("--attention-dim", type=int, default=128, help="attention adapters: query/key/value width")
+    parser.add_argument("--attention-heads", type=int, default=4, help="attention adapters: heads")
     parser.add_argument("--modes", default="frozen,teacher-head", help="stage-3 modes")
     parser.add_argument("--tolerance", type=float, default=0.5, help="points from the best metric (default choice)")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
@@ -72,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     hidden, windows, modes = _ints(args.hidden), _ints(args.windows), [m for m in args.modes.split(",") if m]
+    adapter_types = _types(args.adapter_types)
+    options = {t: type_options(t, args.attention_dim, args.attention_heads) for t in adapter_types}
+    for t in adapter_types:  # a wrong option (attention_dim not divisible by the heads) fails before any work
+        AlignConfig(**options[t])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     progress = not args.quiet
@@ -91,35 +131,41 @@ def main(argv: list[str] | None = None) -> int:
     task = get_task(args.task)
     stage2_texts = task.alignment_texts(splits.pool)
 
-    adapters: dict[tuple[int, int], Path] = {}
-    for size in hidden:  # one cache entry per text set: every hidden size reuses the same embeddings
-        common = dict(student=args.student, teacher=teacher_encoder, windows=tuple(windows), hidden_size=size)
-        if args.cache_dir:
-            common["cache_dir"] = args.cache_dir
-        stage1 = out / f"align-h{size}"
-        align(
-            stage1,
-            AlignConfig(corpus=args.corpus, max_texts=args.max_texts, epochs=args.stage1_epochs, **common),
-            show_progress=progress,
-        )
-        final = stage1
-        if args.stage2_epochs > 0:
-            final = out / f"align2-h{size}"
-            corpus = f"task:{args.task}:{args.data}:all"
-            config = AlignConfig(corpus=corpus, init=str(stage1), max_texts=None, epochs=args.stage2_epochs, **common)
-            align(final, config, texts=stage2_texts, show_progress=progress)
-        for window in windows:
-            adapters[(size, window)] = final / f"w{window}"
+    adapters: dict[tuple[str, int, int], Path] = {}
+    # one cache entry per text set: every type and hidden size reuses the same embeddings
+    for adapter_type in adapter_types:
+        for size in hidden:
+            common = dict(student=args.student, teacher=teacher_encoder, windows=tuple(windows), hidden_size=size)
+            common.update(options[adapter_type])
+            if args.cache_dir:
+                common["cache_dir"] = args.cache_dir
+            stage1 = out / f"align-{_prefix(adapter_type)}h{size}"
+            align(
+                stage1,
+                AlignConfig(corpus=args.corpus, max_texts=args.max_texts, epochs=args.stage1_epochs, **common),
+                show_progress=progress,
+            )
+            final = stage1
+            if args.stage2_epochs > 0:
+                final = out / f"align2-{_prefix(adapter_type)}h{size}"
+                corpus = f"task:{args.task}:{args.data}:all"
+                config = AlignConfig(
+                    corpus=corpus, init=str(stage1), max_texts=None, epochs=args.stage2_epochs, **common
+                )
+                align(final, config, texts=stage2_texts, show_progress=progress)
+            for window in windows:
+                adapters[(adapter_type, size, window)] = final / f"w{window}"
 
     rows = []
     student_run = out / "student-frozen"
     result = finetune(student_run, base, splits=splits, show_progress=progress, mode="frozen")
-    rows.append(_row("student alone, frozen", None, None, "frozen", result, student_run))
-    for (size, window), adapter in adapters.items():
+    rows.append(_row("student alone, frozen", None, None, None, "frozen", result, student_run, task.main_metric))
+    for (adapter_type, size, window), adapter in adapters.items():
         for mode in modes:
-            folder = out / f"h{size}-w{window}-{mode}"
+            folder = out / f"{_prefix(adapter_type)}h{size}-w{window}-{mode}"
             result = finetune(folder, base, splits=splits, show_progress=progress, adapter=str(adapter), mode=mode)
-            rows.append(_row(f"h{size} w{window}, {mode}", size, window, mode, result, folder))
+            name = f"{adapter_type + ' ' if adapter_type != 'mlp' else ''}h{size} w{window}, {mode}"
+            rows.append(_row(name, adapter_type, size, window, mode, result, folder, task.main_metric))
 
     # latency: every row at the end, in one interleaved pass on the evaluation set's real lengths
     torch.set_num_threads(args.threads)
@@ -144,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         "task": args.task,
         "main_metric": task.main_metric,
         "data": splits.info,
+        "adapter_types": adapter_types,
+        **(
+            {"attention_dim": args.attention_dim, "attention_heads": args.attention_heads}
+            if "attention" in options
+            else {}
+        ),
         "hidden": hidden,
         "windows": windows,
         "modes": modes,
@@ -162,10 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _row(name, size, window, mode, result, folder) -> dict:
-    metric = next(iter(result["headline"]))
+def _row(name, adapter_type, size, window, mode, result, folder, metric) -> dict:
+    """One table row; the metric is read by name (a reused run's headline comes back in sorted key order)."""
     return {
         "name": name,
+        "type": adapter_type,
         "hidden": size,
         "window": window,
         "mode": mode,
@@ -185,6 +238,7 @@ def suggest_default(rows: list[dict], tolerance: float) -> dict | None:
     near = [r for r in frozen if r["metric"] >= best - tolerance]
     choice = min(near, key=lambda r: (r["overhead_b1_pct"], r["params_total"]))
     return {
+        "type": choice.get("type", "mlp"),
         "hidden": choice["hidden"],
         "window": choice["window"],
         "metric": choice["metric"],
@@ -203,12 +257,13 @@ def format_table(summary: dict) -> str:
         f"{summary['rounds']} interleaved rounds at the evaluation set's real lengths, {summary['threads']} thread(s); "
         f"overhead over the student alone; {summary['machine']}",
         "",
-        "| row | hidden | window | mode | metric | params | ms b1 | overhead b1 | ms b32 | overhead b32 |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| row | adapter | hidden | window | mode | metric | params | ms b1 | overhead b1 | ms b32 | overhead b32 |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in summary["rows"]:
+        kind = r.get("type", "mlp") if r["hidden"] is not None else "-"  # rows written before types: mlp
         lines.append(
-            f"| {r['name']} | {r['hidden'] or '-'} | {r['window'] or '-'} | {r['mode']} | {r['metric']:.2f} | "
+            f"| {r['name']} | {kind} | {r['hidden'] or '-'} | {r['window'] or '-'} | {r['mode']} | {r['metric']:.2f} | "
             f"{r['params_total']:,} | {r['ms_b1']:.2f} | {r['overhead_b1_pct']:+.1f}% | {r['ms_b32']:.2f} | "
             f"{r['overhead_b32_pct']:+.1f}% |"
         )
@@ -216,7 +271,8 @@ def format_table(summary: dict) -> str:
     if choice:
         lines += [
             "",
-            f"Suggested default: hidden {choice['hidden']}, window {choice['window']} ({choice['metric']:.2f} vs best "
+            f"Suggested default: hidden {choice['hidden']}, window {choice['window']}, {choice.get('type', 'mlp')} "
+            f"adapter ({choice['metric']:.2f} vs best "
             f"{choice['best_metric']:.2f}; {choice['overhead_b1_pct']:+.1f}% batch 1, "
             f"{choice['overhead_b32_pct']:+.1f}% batch 32): {choice['rule']}.",
         ]
@@ -235,13 +291,16 @@ def plot(summary: dict, path: Path) -> None:
         for mode in summary["modes"]:
             rows = [r for r in summary["rows"] if r["mode"] == mode and r["hidden"] is not None]
             for r in rows:
+                kind, color = r.get("type", "mlp"), f"C{summary['modes'].index(mode)}"
                 ax.scatter(
                     r[f"overhead_b{batch}_pct"],
                     r["metric"],
                     marker=markers.get(r["window"], "x"),
-                    color=f"C{summary['modes'].index(mode)}",
+                    edgecolors=color,
+                    facecolors=color if kind == "mlp" else "none",  # other adapter types: hollow markers
                 )
-                ax.annotate(f"h{r['hidden']} w{r['window']}", (r[f"overhead_b{batch}_pct"], r["metric"]), fontsize=7)
+                label = f"{'' if kind == 'mlp' else kind + ' '}h{r['hidden']} w{r['window']}"
+                ax.annotate(label, (r[f"overhead_b{batch}_pct"], r["metric"]), fontsize=7)
         student = summary["rows"][0]
         ax.axhline(student["metric"], color="grey", linestyle="--", label="student alone, frozen")
         ax.set_xlabel(f"CPU latency overhead over the student, batch {batch} (%)")
@@ -251,6 +310,9 @@ def plot(summary: dict, path: Path) -> None:
         plt.Line2D([], [], color=f"C{i}", marker="o", linestyle="", label=m) for i, m in enumerate(summary["modes"])
     ]
     handles += [plt.Line2D([], [], color="k", marker=m, linestyle="", label=f"window {w}") for w, m in markers.items()]
+    if any(r.get("type", "mlp") != "mlp" for r in summary["rows"] if r["hidden"] is not None):
+        hollow = {"marker": "o", "linestyle": "", "markerfacecolor": "none", "color": "k"}
+        handles.append(plt.Line2D([], [], label="hollow: adapter types other than mlp", **hollow))
     axes[1].legend(handles=handles, fontsize=8)
     fig.suptitle(f"Adapter size trade-off: {summary['student']} ({summary['task']})")
     fig.tight_layout()

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from alad.adapter import AdapterConfig, AlignmentAdapter, window_features
+from alad.adapters import AdapterConfig, AlignmentAdapter, WindowAttentionAdapter, WindowMLPAdapter, window_features
 from alad.alignment import (
     RUN_CONFIG,
     AlignConfig,
@@ -167,6 +167,23 @@ def test_config_and_window_parsing():
     assert AlignConfig(windows=[3, 5]).windows == (3, 5)
 
 
+def test_adapter_type_options_are_checked():
+    assert AlignConfig().adapter_type is None and AlignConfig(adapter_type="attention").attention_dim is None
+    with pytest.raises(ValueError, match="adapter_type 'lstm' is not one of attention, mlp"):
+        AlignConfig(adapter_type="lstm")
+    with pytest.raises(ValueError, match=r"attention_dim \(10\) must be divisible by attention_heads \(4\)"):
+        AlignConfig(adapter_type="attention", attention_dim=10, attention_heads=4)
+    with pytest.raises(ValueError, match="attention_dim=64 is only read by adapter_type 'attention'"):
+        AlignConfig(attention_dim=64)  # no type and no --init: an mlp adapter
+    with pytest.raises(ValueError, match="attention_heads=2 is only read by adapter_type 'attention'"):
+        AlignConfig(adapter_type="mlp", attention_heads=2)
+    with pytest.raises(ValueError, match="--attention-heads must be >= 1, got 0"):
+        AlignConfig(adapter_type="attention", attention_heads=0)
+    with pytest.raises(ValueError, match=r"attention_dim \(6\) must be divisible by attention_heads \(4\)"):
+        AlignConfig(init="runs/x", attention_dim=6)  # options alone with --init: checked as attention
+    assert AlignConfig(init="runs/x", attention_dim=8).adapter_options() == {"attention_dim": 8}
+
+
 # --------------------------------------------------------------------------------------------------
 # align(): end to end with the tiny encoders
 
@@ -210,6 +227,8 @@ def test_align_writes_a_complete_run(finished_run, sentences):
     assert summary["num_texts"] == summary["num_segments"] == len(sentences)
     assert summary["num_train"] + summary["num_val"] == len(sentences) and summary["num_val"] == 4
     assert (summary["student_dim"], summary["teacher_dim"]) == (32, 48)
+    assert summary["adapter"] == {"adapter_type": "mlp"}
+    assert "(mlp adapters)" in format_summary(summary).splitlines()[0]
     assert set(summary["windows"]) == {"1", "3"}
     for window in (1, 3):
         row = summary["windows"][str(window)]
@@ -366,6 +385,69 @@ def test_init_without_adapters_is_refused(run_settings, tmp_path):
         align(tmp_path / "x", init=str(tmp_path / "empty"), **run_settings)
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         align(tmp_path / "y", init=str(tmp_path / "missing"), **run_settings)
+
+
+# --------------------------------------------------------------------------------------------------
+# attention adapters
+
+ATTENTION = {"adapter_type": "attention", "attention_dim": 8, "attention_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def attention_run(run_settings, tmp_path_factory):
+    out = tmp_path_factory.mktemp("attention") / "aligned"
+    return out, align(out, **{**run_settings, **ATTENTION})
+
+
+def test_align_trains_and_saves_attention_adapters(attention_run, finished_run, embeddings):
+    out, summary = attention_run
+    _, mlp_summary = finished_run
+    assert summary["adapter"] == ATTENTION
+    assert "(attention adapters, attention_dim 8, attention_heads 2)" in format_summary(summary).splitlines()[0]
+    assert json.loads((out / RUN_CONFIG).read_text())["config"]["adapter_type"] == "attention"
+    data = AlignmentData.from_embeddings(*embeddings)
+    import random
+
+    order = list(range(len(data)))
+    random.Random(0).shuffle(order)
+    val = data.subset(sorted(order[: summary["num_val"]]))
+    for window in (1, 3):
+        row = summary["windows"][str(window)]
+        adapter = _load(out, window)
+        assert type(adapter) is WindowAttentionAdapter
+        assert (adapter.config.attention_dim, adapter.config.attention_heads, adapter.config.window) == (8, 2, window)
+        assert adapter.attention_out.weight.abs().sum() > 0  # the block trained away from its zero start
+        assert row["params"] == adapter.num_parameters() > mlp_summary["windows"][str(window)]["params"]
+        # a fresh attention adapter is its MLP, built from the same seed: the same starting score
+        assert row["val_mse_init"] == pytest.approx(mlp_summary["windows"][str(window)]["val_mse_init"], rel=1e-5)
+        assert row["val_cosine"] > row["val_cosine_init"] + 0.05
+        assert evaluate_adapter(adapter, val)["mse"] == pytest.approx(row["val_mse"], rel=1e-6)
+
+
+def test_attention_run_resumes_to_identical_adapters(attention_run, run_settings, tmp_path):
+    reference, _ = attention_run
+    settings = {**run_settings, **ATTENTION}
+    assert align(tmp_path / "resumed", **settings, stop_after_steps=5) == {"interrupted_at_step": 5}
+    align(tmp_path / "resumed", **settings)
+    for window in (1, 3):
+        expected, resumed = _load(reference, window).state_dict(), _load(tmp_path / "resumed", window).state_dict()
+        assert all(torch.equal(expected[name], resumed[name]) for name in expected)
+
+
+def test_init_continues_the_type_of_its_adapters(attention_run, finished_run, run_settings, tmp_path):
+    reference, summary = attention_run
+    settings = {**run_settings, "windows": (3,), "epochs": 1}
+    result = align(tmp_path / "stage2", init=str(reference), **settings)  # no --adapter-type: that of --init
+    assert result["adapter"] == ATTENTION and type(_load(tmp_path / "stage2", 3)) is WindowAttentionAdapter
+    assert result["windows"]["3"]["val_mse_init"] == pytest.approx(summary["windows"]["3"]["val_mse"])
+    with pytest.raises(ValueError, match="--init adapter w3 is of type 'attention', not --adapter-type mlp"):
+        align(tmp_path / "a", init=str(reference), adapter_type="mlp", **settings)
+    with pytest.raises(ValueError, match=r"--attention-dim 16 does not match the --init adapter w3 .*attention_dim=8"):
+        align(tmp_path / "b", init=str(reference), attention_dim=16, **settings)
+    mlp_run, _ = finished_run
+    with pytest.raises(ValueError, match="--init adapter w3 is of type 'mlp', not --adapter-type attention"):
+        align(tmp_path / "c", init=str(mlp_run), adapter_type="attention", **settings)
+    assert type(_load(mlp_run, 3)) is WindowMLPAdapter
 
 
 @pytest.mark.parametrize("windows", [(2,), (1, 4)])

@@ -15,7 +15,7 @@ import yaml
 from safetensors.torch import load_file
 from tiny_tasks import write_corpus, write_ner_data, write_qa_data, write_recipe
 
-from alad.adapter import AdapterConfig, AlignmentAdapter
+from alad.adapters import AdapterConfig, AlignmentAdapter
 from alad.cli import main
 from alad.models import load_encoder
 
@@ -102,7 +102,7 @@ def test_info_on_adapter_and_run_folders(align_run, capsys, tmp_path):
     out, _, _ = align_run
     assert main(["info", str(out / "w3")]) == 0
     text = capsys.readouterr().out
-    assert text.startswith(f"alignment adapter: {out / 'w3'}")
+    assert text.startswith(f"alignment adapter: {out / 'w3'}\n  type: mlp\n")
     assert "window K=3, student_dim=32 -> teacher_dim=48, hidden=16, gelu" in text
     assert f"parameters: {AlignmentAdapter.from_pretrained(out / 'w3').num_parameters():,}" in text
     assert re.search(r"best epoch 1: held-out cosine -?\d\.\d{4}", text)
@@ -117,10 +117,12 @@ def test_info_on_adapter_and_run_folders(align_run, capsys, tmp_path):
     assert "is not an adapter folder" in capsys.readouterr().err
 
 
-def test_align_on_squad_question_context_pairs(bert_dir, roberta_dir, tmp_path):
+def test_align_on_squad_question_context_pairs(bert_dir, roberta_dir, tmp_path, capsys):
+    """With an attention adapter, which reads across question and context."""
     squad = write_qa_data(tmp_path / "squad") / "train-v2.0.json"
     args = ["align", "--student", bert_dir, "--teacher", roberta_dir, "--corpus", squad, "--windows", "1"]
     args += ["--corpus-format", "squad-pairs", "--align-special-tokens", "true", "--epochs", "1"]
+    args += ["--adapter-type", "attention", "--attention-dim", "8", "--attention-heads", "2"]
     args += ["--hidden-size", "16", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "run", "--quiet"]
     code, output = run_cli(args)
     assert code == 0, output
@@ -129,6 +131,24 @@ def test_align_on_squad_question_context_pairs(bert_dir, roberta_dir, tmp_path):
     assert summary["unpaired_student_tokens"] == 0  # [CLS]/[SEP] are paired with <s>/</s> by role
     saved = json.loads((tmp_path / "run" / "run_config.json").read_text())["config"]
     assert saved["corpus_format"] == "squad-pairs" and saved["align_special_tokens"] is True
+    assert (saved["adapter_type"], saved["attention_dim"], saved["attention_heads"]) == ("attention", 8, 2)
+    assert summary["adapter"] == {"adapter_type": "attention", "attention_dim": 8, "attention_heads": 2}
+    assert "(attention adapters, attention_dim 8, attention_heads 2)" in output
+    assert type(AlignmentAdapter.from_pretrained(tmp_path / "run" / "w1")).__name__ == "WindowAttentionAdapter"
+    assert main(["info", str(tmp_path / "run" / "w1")]) == 0
+    assert "\n  type: attention (attention_dim=8, attention_heads=2)\n" in capsys.readouterr().out
+
+
+def test_bad_adapter_type_options_exit_2_in_one_line(tmp_path, capsys):
+    for flags, message in [
+        (["--adapter-type", "lstm"], "adapter_type 'lstm' is not one of attention, mlp"),
+        (["--attention-dim", "64"], "attention_dim=64 is only read by adapter_type 'attention'"),
+        (["--adapter-type", "attention", "--attention-dim", "10"], "attention_dim (10) must be divisible by"),
+    ]:
+        assert main(["align", *flags, "--out", str(tmp_path / "run"), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("alad align: error:") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
 
 
 def test_device_without_a_gpu_exits_2_before_writing(bert_dir, roberta_dir, corpus, tmp_path, capsys):

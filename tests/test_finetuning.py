@@ -13,7 +13,7 @@ from tiny_tasks import QA_DEV, save_tiny_bert, write_ner_data, write_pos_data, w
 
 # ``alad.finetuning`` is also the name of the function the package exports: patch the module itself.
 import alad.finetuning as finetune_module
-from alad.adapter import AdapterConfig, AlignmentAdapter
+from alad.adapters import AdapterConfig, AlignmentAdapter
 from alad.finetuning import (
     FINETUNE_CONFIG,
     METRICS,
@@ -259,10 +259,12 @@ def test_teacher_head_mode_trains_nothing(ner_config, teacher_run, tmp_path, mon
     assert result["params_total"] == model.num_parameters()
 
 
-@pytest.mark.parametrize("mode", ["head-only", "frozen"])
-def test_frozen_parts_stay_unchanged(ner_config, bert_dir, tmp_path, mode):
+@pytest.mark.parametrize(("mode", "adapter_type"), [("head-only", "mlp"), ("frozen", "mlp"), ("frozen", "attention")])
+def test_frozen_parts_stay_unchanged(ner_config, bert_dir, tmp_path, mode, adapter_type):
     torch.manual_seed(0)
-    adapter = AlignmentAdapter(AdapterConfig(student_dim=32, teacher_dim=24, hidden_size=16))
+    options = {"attention_dim": 8, "attention_heads": 2} if adapter_type == "attention" else {}
+    shape = AdapterConfig(student_dim=32, teacher_dim=24, hidden_size=16, adapter_type=adapter_type, **options)
+    adapter = AlignmentAdapter(shape)
     adapter.save_pretrained(tmp_path / "adapter")
     config = dataclasses.replace(ner_config, mode=mode, adapter=str(tmp_path / "adapter"), epochs=1)
     result = finetune(tmp_path / "run", config, show_progress=False)
@@ -281,6 +283,10 @@ def test_frozen_parts_stay_unchanged(ner_config, bert_dir, tmp_path, mode):
     assert all(torch.equal(v, original[k]) for k, v in saved.items())
     adapter_same = all(torch.equal(v, adapter.state_dict()[k]) for k, v in model.adapter.state_dict().items())
     assert adapter_same == (mode == "head-only")
+    assert type(model.adapter) is type(adapter) and model.adapter.config == adapter.config
+    if adapter_type == "attention":  # the attention block trained too, away from its zero output projection
+        assert model.adapter.attention_out.weight.abs().sum() > 0
+        assert evaluate_task_model(model, load_splits(config).eval, config) == result["metrics"]  # reloaded as run
 
 
 # --------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from tiny_tasks import write_corpus, write_ner_data, write_recipe
 
 from alad import alignment as alignment_module
 from alad import finetuning as finetuning_module
-from alad.adapter import AdapterConfig, AlignmentAdapter
+from alad.adapters import AdapterConfig, AlignmentAdapter
 from alad.alignment import AlignConfig, align
 from alad.cache import EmbeddingCache, _key_directory, cache_key
 from alad.cli import main

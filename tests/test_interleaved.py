@@ -94,4 +94,48 @@ def test_adapter_sizes_default_rule_and_table():
         "modes": ["frozen", "teacher-head"],
     }
     text = bench.format_table(summary)
-    assert "Suggested default: hidden 256, window 3" in text and text.count("\n| ") == 6
+    assert "Suggested default: hidden 256, window 3, mlp adapter" in text and text.count("\n| ") == 6
+    assert "| b | mlp | 256 | 3 | frozen | 79.70 |" in text  # rows written before adapter types are mlp
+
+
+def test_adapter_sizes_sweeps_adapter_types(tmp_path):
+    bench = _benchmark("adapter_sizes")
+    assert bench._types("mlp, attention,mlp") == ["mlp", "attention"]
+    with pytest.raises(SystemExit, match="--adapter-types takes names among attention, mlp, got 'mlp,lstm'"):
+        bench._types("mlp,lstm")
+    assert bench.type_options("mlp", 128, 4) == {}  # mlp runs keep the settings (and folders) of earlier sweeps
+    assert bench.type_options("attention", 64, 2) == {
+        "adapter_type": "attention",
+        "attention_dim": 64,
+        "attention_heads": 2,
+    }
+    rows = [
+        {"name": "student", "type": None, "hidden": None, "window": None, "mode": "frozen", "metric": 50.0},
+        {"name": "h128 w3, frozen", "type": "mlp", "hidden": 128, "window": 3, "mode": "frozen", "metric": 78.0},
+        {"name": "attention h128 w3, frozen", "type": "attention", "hidden": 128, "window": 3, "mode": "frozen"},
+    ]
+    rows[2]["metric"] = 80.0
+    for i, row in enumerate(rows):
+        row.update(params_total=1000 + i, ms_b1=1.0 + i, ms_b32=2.0 + i, overhead_b1_pct=10.0 * i)
+        row["overhead_b32_pct"] = 5.0 * i
+    choice = bench.suggest_default(rows, tolerance=0.5)
+    assert (choice["type"], choice["hidden"], choice["window"]) == ("attention", 128, 3)
+    summary = {
+        "student": "s",
+        "teacher": "t",
+        "task": "ner",
+        "main_metric": "micro_f1",
+        "data": {"eval_items": 10},
+        "rounds": 3,
+        "threads": 1,
+        "machine": "m",
+        "rows": rows,
+        "default": choice,
+        "modes": ["frozen"],
+    }
+    text = bench.format_table(summary)
+    assert "| attention h128 w3, frozen | attention | 128 | 3 | frozen | 80.00 |" in text
+    assert "| student | - | - | - | frozen |" in text
+    assert "Suggested default: hidden 128, window 3, attention adapter (80.00 vs best 80.00" in text
+    bench.plot(summary, tmp_path / "sizes.png")
+    assert (tmp_path / "sizes.png").read_bytes()[:4] == b"\x89PNG"

@@ -240,7 +240,10 @@ def test_teacher_not_better_warning(capsys):
 
 
 def test_qa_recipe_aligns_on_question_context_pairs(bert_dir, sentences, tmp_path, monkeypatch):
+    """With attention adapters, named in stage 1 only: stage 2 takes them over."""
     from transformers import AutoTokenizer
+
+    from alad.adapters import AlignmentAdapter, WindowAttentionAdapter
 
     teacher = save_tiny_bert(tmp_path / "qa-bert", AutoTokenizer.from_pretrained(bert_dir), max_position_embeddings=128)
     data = write_qa_data(tmp_path / "squad")
@@ -256,7 +259,7 @@ def test_qa_recipe_aligns_on_question_context_pairs(bert_dir, sentences, tmp_pat
         "max_length": 128,
         "doc_stride": 32,
         "epochs": 1,
-        "stage1": {"epochs": 1, "max_texts": 20, "hidden_size": 16},
+        "stage1": {"epochs": 1, "max_texts": 20, "hidden_size": 16, **ATTENTION},
         "stage2": {"epochs": 1, "align_special_tokens": True},
         "cosine_texts": 4,
         "teachers_dir": str(tmp_path / "teachers"),
@@ -285,6 +288,33 @@ def test_qa_recipe_aligns_on_question_context_pairs(bert_dir, sentences, tmp_pat
     assert saved["config"]["align_special_tokens"] is True
     summary = json.loads((tmp_path / "run" / "tiny" / "stage2" / "summary.json").read_text())
     assert summary["num_texts"] == len(train) == 10 and summary["unpaired_student_tokens"] == 0
+    for stage in ("stage1", "stage2"):
+        adapter = AlignmentAdapter.from_pretrained(tmp_path / "run" / "tiny" / stage / "w1")
+        assert type(adapter) is WindowAttentionAdapter and adapter.config.attention_dim == 8, stage
+        assert results["pairs"][0]["alignment"][stage]["adapter"] == ATTENTION
+    pair_dir = tmp_path / "run" / "tiny"
+    random_init = AlignmentAdapter.from_pretrained(pair_dir / "random-w1")
+    aligned = AlignmentAdapter.from_pretrained(pair_dir / results["pairs"][0]["alignment"]["chosen"]["1"] / "w1")
+    assert type(random_init) is WindowAttentionAdapter and random_init.config == aligned.config
+    assert not torch.equal(random_init.net[0].weight, aligned.net[0].weight)
+    assert "| stage2 (attention adapters) |" in format_results(results)
+
+
+ATTENTION = {"adapter_type": "attention", "attention_dim": 8, "attention_heads": 2}
+
+
+def test_recipe_stage_options_take_the_adapter_type_and_are_checked():
+    from alad.runner import check_recipe, stage2_options
+
+    recipe = {"windows": [3], "stage1": {**ATTENTION, "epochs": 2}, "stage2": {"epochs": 1}}
+    check_recipe(recipe)
+    assert stage2_options(recipe) == {"epochs": 1, **ATTENTION}
+    assert stage2_options({**recipe, "stage2": {"attention_heads": 4}})["attention_heads"] == 4  # stage 2's own wins
+    assert stage2_options({**recipe, "stage1": None}) == {"epochs": 1}
+    with pytest.raises(ValueError, match="adapter_type 'lstm' is not one of attention, mlp"):
+        check_recipe({"windows": [3], "stage1": {"adapter_type": "lstm"}})
+    with pytest.raises(ValueError, match=r"attention_dim \(8\) must be divisible by attention_heads \(3\)"):
+        check_recipe({**recipe, "stage2": {"attention_heads": 3}})
 
 
 # --------------------------------------------------------------------------------------------------

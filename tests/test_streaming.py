@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import alad.alignment
-from alad.adapter import AlignmentAdapter
+from alad.adapters import AlignmentAdapter
 from alad.alignment import AlignmentData, align
 from alad.cache import EmbeddingCache
 from alad.streaming import AlignmentStream, token_batches

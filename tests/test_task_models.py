@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from alad.adapter import AdapterConfig, AlignmentAdapter
+from alad.adapters import AdapterConfig, AlignmentAdapter
 from alad.models import load_encoder
 from alad.serialization import ArtefactError
 from alad.task_models import MODES, AladTaskModel, TaskModelConfig, build_task_model

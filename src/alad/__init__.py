@@ -8,7 +8,7 @@ a larger teacher (other width, other tokenizer). Typical use::
     adapter = AlignmentAdapter.from_pretrained("runs/align/w3")
 """
 
-from alad.adapter import AdapterConfig, AlignmentAdapter, window_features
+from alad.adapters import AdapterConfig, AlignmentAdapter, window_features
 from alad.alignment import (
     AlignConfig,
     AlignmentData,

@@ -28,7 +28,8 @@ import torch
 from torch.nn import functional as F
 
 from alad import distributed
-from alad.adapter import AdapterConfig, AlignmentAdapter
+from alad.adapters import ADAPTER_TYPES, AdapterConfig, AlignmentAdapter
+from alad.adapters.base import check_type_options, type_option_defaults
 from alad.cache import EmbeddingCache, TokenEmbeddings, corpus_hash, encode_spans
 from alad.models import MINILM, MPNET, Encoder, load_encoder, resolve_device
 from alad.run_folder import claim_run_folder, remove_own_files
@@ -86,6 +87,24 @@ class AlignConfig:
     hidden_size: int = field(default=1280, metadata={"help": "adapter MLP hidden width"})
     activation: str = field(default="gelu", metadata={"help": "adapter activation"})
     dropout: float = field(default=0.1, metadata={"help": "adapter dropout"})
+    adapter_type: str | None = field(
+        default=None,
+        metadata={
+            "help": f"adapter type, one of {', '.join(sorted(ADAPTER_TYPES))}: mlp is the paper's window MLP; "
+            "attention adds one light masked self-attention block over the whole text after it, so a token can "
+            "read beyond its window (e.g. question and context in QA). None: mlp, or the type of --init"
+        },
+    )
+    attention_dim: int | None = field(
+        default=None,
+        metadata={
+            "help": "attention adapters: width of queries, keys and values, divisible by --attention-heads "
+            "(None: 128, or that of --init)"
+        },
+    )
+    attention_heads: int | None = field(
+        default=None, metadata={"help": "attention adapters: attention heads (None: 4, or those of --init)"}
+    )
     init: str | None = field(
         default=None,
         metadata={"help": "continue from an adapter folder, or a run folder with w<K> adapters (stage 2)"},
@@ -155,6 +174,15 @@ class AlignConfig:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
         if self.max_texts is not None and self.max_texts < 2:
             raise ValueError("max_texts must be at least 2 (one to train on, one to validate)")
+        options = self.adapter_options()
+        if self.adapter_type is not None or self.init is None or options:
+            # without --init, no type means mlp; with --init, attention options given alone mean attention
+            default = "attention" if self.init is not None else "mlp"
+            check_type_options(self.adapter_type or default, options)
+
+    def adapter_options(self) -> dict[str, int]:
+        """The adapter-type options set here (``attention_dim``, ``attention_heads``), without the unset ones."""
+        return {name: getattr(self, name) for name in type_option_defaults() if getattr(self, name) is not None}
 
 
 @dataclass
@@ -252,6 +280,7 @@ def load_texts(config: AlignConfig) -> list[AlignText]:
 
 def _init_adapters(config: AlignConfig, student_dim: int, teacher_dim: int) -> dict[int, AlignmentAdapter]:
     """Fresh adapters, or those of ``config.init`` (an adapter folder or a run folder of them)."""
+    options = config.adapter_options()
     if config.init is None:
         windows = config.windows or (1, 3, 5)
         adapters = {}
@@ -265,6 +294,8 @@ def _init_adapters(config: AlignConfig, student_dim: int, teacher_dim: int) -> d
                     hidden_size=config.hidden_size,
                     activation=config.activation,
                     dropout=config.dropout,
+                    adapter_type=config.adapter_type or "mlp",
+                    **options,
                 )
             )
         return adapters
@@ -293,6 +324,18 @@ def _init_adapters(config: AlignConfig, student_dim: int, teacher_dim: int) -> d
                 f"--init adapter w{window} maps {cfg.student_dim} -> {cfg.teacher_dim} dims, but this student has "
                 f"{student_dim} and this teacher {teacher_dim}: it was aligned for another pair"
             )
+        if config.adapter_type is not None and cfg.adapter_type != config.adapter_type:
+            raise ValueError(
+                f"--init adapter w{window} is of type {cfg.adapter_type!r}, not --adapter-type "
+                f"{config.adapter_type}; leave --adapter-type out to continue it, or align from scratch without --init"
+            )
+        for name, value in options.items():
+            if getattr(cfg, name) != value:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(
+                    f"{flag} {value} does not match the --init adapter w{window} ({cfg.adapter_type!r} adapter, "
+                    f"{name}={getattr(cfg, name)}); leave {flag} out to continue that adapter"
+                )
     return {w: found[w] for w in windows}
 
 
@@ -700,6 +743,7 @@ def _summarise(config: AlignConfig, trainers: dict[int, _Trainer], extra: dict) 
     return {
         "student": config.student,
         "teacher": config.teacher,
+        "adapter": next(iter(trainers.values())).adapter.config.describe_type(),
         **{k: v for k, v in extra.items() if k != "initial"},
         "max_epochs": config.epochs,
         "patience": config.patience,
@@ -728,8 +772,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         stop = f"; ran {epochs} of at most {summary['max_epochs']} epochs"
         if summary.get("patience"):
             stop += f" (patience {summary['patience']})"
+    adapter = dict(summary.get("adapter") or {"adapter_type": "mlp"})  # written before adapter types: mlp
+    kind = adapter.pop("adapter_type")
+    options = ", ".join(f"{k} {v}" for k, v in adapter.items())
     lines = [
-        f"Alignment of {summary['student']} -> {summary['teacher']}: {summary['num_train']} train / "
+        f"Alignment of {summary['student']} -> {summary['teacher']} ({kind} adapters{', ' if options else ''}"
+        f"{options}): {summary['num_train']} train / "
         f"{summary['num_val']} held-out texts ({summary['val_tokens']} held-out tokens){stop}",
         "",
         "| window | params | cosine before | cosine after | MSE before | MSE after | best epoch |",

@@ -114,7 +114,7 @@ def _cmd_align(args: argparse.Namespace) -> int:
 
 def describe(path: str | Path) -> str:
     """Human-readable description of an adapter folder or an alignment run folder."""
-    from alad.adapter import CONFIG_FILE, AlignmentAdapter
+    from alad.adapters import CONFIG_FILE, AlignmentAdapter
     from alad.alignment import SUMMARY_JSON, format_summary
     from alad.serialization import read_json
 
@@ -122,8 +122,11 @@ def describe(path: str | Path) -> str:
     if (path / CONFIG_FILE).is_file():
         adapter = AlignmentAdapter.from_pretrained(path)
         cfg, meta = adapter.config, adapter.metadata
+        options = cfg.describe_type()
+        kind = options.pop("adapter_type")
         lines = [
             f"alignment adapter: {path}",
+            f"  type: {kind}" + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else ""),
             f"  window K={cfg.window}, student_dim={cfg.student_dim} -> teacher_dim={cfg.teacher_dim}, "
             f"hidden={cfg.hidden_size}, {cfg.activation}, dropout={cfg.dropout}, format v{cfg.version}",
             f"  parameters: {adapter.num_parameters():,}",
@@ -159,7 +162,17 @@ def describe(path: str | Path) -> str:
         from alad.serialization import read_json
 
         header = read_json(path / "export.json", "export header")
-        keys = ("format", "quantize", "task", "labels", "student", "has_adapter", "alad_version", "source_run")
+        keys = (
+            "format",
+            "quantize",
+            "task",
+            "labels",
+            "student",
+            "has_adapter",
+            "adapter_type",
+            "alad_version",
+            "source_run",
+        )
         return "\n".join([f"ONNX export: {path}"] + [f"  {k}: {header.get(k)}" for k in keys])
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from alad.adapter import AdapterConfig, AlignmentAdapter
+from alad.adapters import AdapterConfig, AlignmentAdapter
 from alad.alignment import AlignConfig, align, alignment_cosine, format_summary
 from alad.cache import EmbeddingCache
 from alad.config_files import load_run_file
@@ -344,6 +344,7 @@ def check_recipe(config: dict[str, Any]) -> None:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"{key} has unknown options {unknown}; known: {sorted(names)}")
+        values = stage2_options(config) if key == "stage2" else values
         AlignConfig(**{"windows": tuple(windows), **({"max_texts": None} if key == "stage2" else {}), **values})
     finetune = config.get("finetune") or {}
     if not isinstance(finetune, dict):
@@ -608,7 +609,7 @@ def stage3_variants(runner: _RowRunner, compare: dict, window: int, adapter_dir:
 
 
 def _random_adapter(ctx: _Context, pair_dir: Path, adapter_dir: Path, window: int) -> Path:
-    """An adapter of the aligned one's shape at a fixed random initialisation (the ablation)."""
+    """An adapter of the aligned one's type and shape at a fixed random initialisation (the ablation)."""
     random_dir = pair_dir / f"random-w{window}"
     if not (random_dir / "adapter_config.json").is_file():
         aligned = AlignmentAdapter.from_pretrained(adapter_dir)
@@ -633,6 +634,21 @@ def stage2_texts(ctx: _Context) -> list:
     return list(texts) + list(ctx.extra_texts)
 
 
+ADAPTER_SHAPE_OPTIONS = ("adapter_type", "attention_dim", "attention_heads")
+"""Stage-1 options that stage 2 takes over unless it sets them: the adapter stage 2 continues, or (with
+``compare_stage1``) aligns from scratch, is of the same type as stage 1's."""
+
+
+def stage2_options(config: dict) -> dict:
+    """The ``stage2`` alignment options, with the adapter type (and its options) of ``stage1`` where it
+    names them and stage 2 does not."""
+    stage1, stage2 = config.get("stage1") or {}, dict(config.get("stage2") or {})
+    for key in ADAPTER_SHAPE_OPTIONS:
+        if key in stage1 and key not in stage2:
+            stage2[key] = stage1[key]
+    return stage2
+
+
 def _finished_for_report(ctx: _Context, folder: Path, done_file: str) -> None:
     """With ``report_only``, a stage every later row needs must be finished: say which one is not."""
     if ctx.report_only and not (folder / done_file).is_file():
@@ -654,7 +670,7 @@ def align_stages(ctx: _Context, pair: dict, name: str, pair_dir: Path, student: 
         print(f"[{name}] stage 1, task-independent alignment:\n{format_summary(summaries['stage1'])}")
     texts = stage2_texts(ctx)
     corpus = f"task:{ctx.task}:{config.get('data')}:{config.get('stage2_texts', 'all')}"
-    stage2 = dict(config.get("stage2") or {})
+    stage2 = stage2_options(config)
     variants = {"stage2": str(pair_dir / "stage1") if stage1 is not None else None}
     if pair.get("compare_stage1", config.get("compare_stage1")) and stage1 is not None:  # a pair may override
         variants["stage2-scratch"] = None
@@ -755,6 +771,7 @@ def _alignment_info(alignment: dict) -> dict:
             "epochs_run": summary.get("epochs_run"),
             "max_epochs": summary.get("max_epochs"),
             "patience": summary.get("patience"),
+            "adapter": summary.get("adapter") or {"adapter_type": "mlp"},  # summaries before adapter types: mlp
             "val_cosine": {w: r["val_cosine"] for w, r in summary["windows"].items()},
             "best_epoch": {w: r["best_epoch"] for w, r in summary["windows"].items()},
             "mean_predictor_cosine": summary["mean_predictor"]["cosine"],
@@ -859,8 +876,10 @@ def _alignment_table(alignment: dict) -> list[str]:
             continue
         cosines = ", ".join(f"w{w} {c:.4f}" for w, c in info["val_cosine"].items())
         used = ", ".join(f"w{w}" for w, s in chosen.items() if s == stage)
+        kind = (info.get("adapter") or {}).get("adapter_type", "mlp")
+        label = stage if kind == "mlp" else f"{stage} ({kind} adapters)"  # mlp tables read as before
         lines.append(
-            f"| {stage} | {info['num_texts']} | {info['epochs_run']} / {info['max_epochs']} | {cosines} | "
+            f"| {label} | {info['num_texts']} | {info['epochs_run']} / {info['max_epochs']} | {cosines} | "
             f"{info['mean_predictor_cosine']:.4f} | {used} |"
         )
     return lines

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from alad.adapter import AlignmentAdapter
+from alad.adapters import AlignmentAdapter
 from alad.compression import is_quantized, joint_mode_error, load_model, save_encoder
 from alad.models import load_encoder, max_input_tokens
 from alad.serialization import (

@@ -250,6 +250,7 @@ def export_onnx(
             "student": model.config.source_encoder,
             "student_layer": model.config.student_layer,
             "has_adapter": model.adapter is not None,
+            "adapter_type": model.adapter.config.adapter_type if model.adapter is not None else None,
             "max_length": int(model.max_length),
             "params_total": int(model.num_parameters()),
             "inputs": {"input_ids": ["batch", "length"], "attention_mask": ["batch", "length"]},
