@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student", required=True, help="student encoder: packaged name or model folder")
     parser.add_argument("--teacher", required=True, help="fine-tuned teacher run folder (alad finetune-teacher)")
     parser.add_argument("--corpus", required=True, help="stage-1 corpus (plain text, one text per line)")
-    parser.add_argument("--max-texts", type=int, default=5000, help="stage-1 texts (default 5000)")
+    parser.add_argument("--max-texts", type=int, default=5000, help="stage-1 texts (default 5000; 0: no stage 1)")
     parser.add_argument("--stage1-epochs", type=int, default=10)
     parser.add_argument("--stage2-epochs", type=int, default=5, help="0: no stage 2")
     parser.add_argument("--task", default="ner")
@@ -139,20 +139,23 @@ def main(argv: list[str] | None = None) -> int:
             common.update(options[adapter_type])
             if args.cache_dir:
                 common["cache_dir"] = args.cache_dir
-            stage1 = out / f"align-{_prefix(adapter_type)}h{size}"
-            align(
-                stage1,
-                AlignConfig(corpus=args.corpus, max_texts=args.max_texts, epochs=args.stage1_epochs, **common),
-                show_progress=progress,
-            )
+            stage1 = None
+            if args.max_texts > 0:
+                stage1 = out / f"align-{_prefix(adapter_type)}h{size}"
+                align(
+                    stage1,
+                    AlignConfig(corpus=args.corpus, max_texts=args.max_texts, epochs=args.stage1_epochs, **common),
+                    show_progress=progress,
+                )
             final = stage1
             if args.stage2_epochs > 0:
                 final = out / f"align2-{_prefix(adapter_type)}h{size}"
                 corpus = f"task:{args.task}:{args.data}:all"
-                config = AlignConfig(
-                    corpus=corpus, init=str(stage1), max_texts=None, epochs=args.stage2_epochs, **common
-                )
+                init = str(stage1) if stage1 else None
+                config = AlignConfig(corpus=corpus, init=init, max_texts=None, epochs=args.stage2_epochs, **common)
                 align(final, config, texts=stage2_texts, show_progress=progress)
+            if final is None:
+                raise SystemExit("--max-texts 0 and --stage2-epochs 0 leave nothing to align")
             for window in windows:
                 adapters[(adapter_type, size, window)] = final / f"w{window}"
 
@@ -184,7 +187,16 @@ def main(argv: list[str] | None = None) -> int:
             ms = timings[row["name"]][b]["median_ms"]
             row[f"ms_b{b}"] = ms
             row[f"overhead_b{b}_pct"] = 100 * (ms / student_ms[b]["median_ms"] - 1)
+    gains = gain_shares(rows)
     summary = {
+        "command": "python benchmarks/adapter_sizes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "stages": {
+            "stage1_texts": args.max_texts,
+            "stage1_epochs": args.stage1_epochs if args.max_texts > 0 else 0,
+            "stage2_texts": len(stage2_texts),
+            "stage2_epochs": args.stage2_epochs,
+            "task_epochs": args.epochs,
+        },
         "student": args.student,
         "teacher": args.teacher,
         "task": args.task,
@@ -205,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "default": suggest_default(rows, args.tolerance),
         "tolerance": args.tolerance,
+        "overhead_target": gains,
     }
     write_json_atomic(out / "adapter_sizes.json", summary)
     text = format_table(summary)
@@ -226,6 +239,31 @@ def _row(name, adapter_type, size, window, mode, result, folder, metric) -> dict
         "params_total": result["params_total"],
         "params_trained": result["params_trained"],
         "folder": str(folder),
+    }
+
+
+REFERENCE = ("mlp", 1280, 3)  # the paper's adapter, against which the cheaper settings are judged
+
+
+def gain_shares(rows: list[dict], max_overhead_pct: float = 10.0, min_share: float = 0.8) -> dict | None:
+    """Each frozen adapter row's gain over the student alone as a share of the W3/h1280 MLP's gain
+    (``gain_share`` on the row), and which rows meet the issue's target: at most ``max_overhead_pct``
+    batch-1 latency over the student and at least ``min_share`` of that gain."""
+    student = next((r for r in rows if r["hidden"] is None), None)
+    frozen = [r for r in rows if r["mode"] == "frozen" and r["hidden"] is not None]
+    ref = next((r for r in frozen if (r.get("type", "mlp"), r["hidden"], r["window"]) == REFERENCE), None)
+    if student is None or ref is None or ref["metric"] <= student["metric"]:
+        return None
+    for r in frozen:
+        r["gain_share"] = (r["metric"] - student["metric"]) / (ref["metric"] - student["metric"])
+    meeting = [r for r in frozen if r["overhead_b1_pct"] <= max_overhead_pct and r["gain_share"] >= min_share]
+    best = max(meeting, key=lambda r: r["gain_share"], default=None)
+    return {
+        "rule": f"batch-1 overhead <= {max_overhead_pct:g}% and >= {100 * min_share:.0f}% of the W3/h1280 MLP's frozen "
+        "gain over the student alone",
+        "reference_gain": ref["metric"] - student["metric"],
+        "meeting": [r["name"] for r in meeting],
+        "best": best and {k: best[k] for k in ("name", "metric", "gain_share", "overhead_b1_pct", "overhead_b32_pct")},
     }
 
 
@@ -257,14 +295,29 @@ def format_table(summary: dict) -> str:
         f"{summary['rounds']} interleaved rounds at the evaluation set's real lengths, {summary['threads']} thread(s); "
         f"overhead over the student alone; {summary['machine']}",
         "",
-        "| row | adapter | hidden | window | mode | metric | params | ms b1 | overhead b1 | ms b32 | overhead b32 |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    if summary.get("command"):
+        stages, data = summary["stages"], summary["data"]
+        lines += [
+            f"Command: `{summary['command']}`  ",
+            f"Sizes: {data.get('train_items')} labelled training items, {data.get('eval_items')} evaluation items; "
+            f"stage 1 on {stages['stage1_texts']} corpus texts for {stages['stage1_epochs']} epochs, stage 2 on "
+            f"{stages['stage2_texts']} task texts (labels unused) for {stages['stage2_epochs']} epochs; task "
+            f"fine-tuning {stages['task_epochs']} epochs. 'share of gain': (row - student) / (W3/h1280 MLP - student), "
+            "frozen rows.",
+            "",
+        ]
+    lines += [
+        "| row | adapter | hidden | window | mode | metric | share of gain | params | ms b1 | overhead b1 | ms b32 | "
+        "overhead b32 |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in summary["rows"]:
         kind = r.get("type", "mlp") if r["hidden"] is not None else "-"  # rows written before types: mlp
         lines.append(
             f"| {r['name']} | {kind} | {r['hidden'] or '-'} | {r['window'] or '-'} | {r['mode']} | {r['metric']:.2f} | "
-            f"{r['params_total']:,} | {r['ms_b1']:.2f} | {r['overhead_b1_pct']:+.1f}% | {r['ms_b32']:.2f} | "
+            f"{_share(r.get('gain_share'))} | {r['params_total']:,} | {r['ms_b1']:.2f} | "
+            f"{r['overhead_b1_pct']:+.1f}% | {r['ms_b32']:.2f} | "
             f"{r['overhead_b32_pct']:+.1f}% |"
         )
     choice = summary["default"]
@@ -276,7 +329,22 @@ def format_table(summary: dict) -> str:
             f"{choice['best_metric']:.2f}; {choice['overhead_b1_pct']:+.1f}% batch 1, "
             f"{choice['overhead_b32_pct']:+.1f}% batch 32): {choice['rule']}.",
         ]
+    target = summary.get("overhead_target")
+    if target:
+        best = target["best"]
+        verdict = (
+            f"met by {len(target['meeting'])} row(s); the largest share: {best['name']} "
+            f"({100 * best['gain_share']:.0f}% of the gain, {best['overhead_b1_pct']:+.1f}% batch 1, "
+            f"{best['overhead_b32_pct']:+.1f}% batch 32)"
+            if best
+            else "NOT met by any row"
+        )
+        lines += ["", f"Target ({target['rule']}): {verdict}."]
     return "\n".join(lines) + "\n"
+
+
+def _share(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.0f}%"
 
 
 def plot(summary: dict, path: Path) -> None:

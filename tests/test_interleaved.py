@@ -139,3 +139,25 @@ def test_adapter_sizes_sweeps_adapter_types(tmp_path):
     assert "Suggested default: hidden 128, window 3, attention adapter (80.00 vs best 80.00" in text
     bench.plot(summary, tmp_path / "sizes.png")
     assert (tmp_path / "sizes.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_adapter_sizes_gain_share_and_overhead_target():
+    """Share of the W3/h1280 MLP's frozen gain over the student, and the <= 10% / >= 80% target."""
+    bench = _benchmark("adapter_sizes")
+    rows = [
+        {"name": "student", "hidden": None, "window": None, "mode": "frozen", "metric": 50.0, "overhead_b1_pct": 0.0},
+        {"name": "ref", "type": "mlp", "hidden": 1280, "window": 3, "mode": "frozen", "metric": 80.0},
+        {"name": "cheap", "type": "mlp", "hidden": 256, "window": 3, "mode": "frozen", "metric": 76.0},
+        {"name": "cheaper", "type": "mlp", "hidden": 128, "window": 1, "mode": "frozen", "metric": 70.0},
+        {"name": "th", "type": "mlp", "hidden": 128, "window": 1, "mode": "teacher-head", "metric": 90.0},
+    ]
+    for row, overhead in zip(rows[1:], (40.0, 9.0, 3.0, 3.0), strict=True):
+        row.update(overhead_b1_pct=overhead, overhead_b32_pct=overhead / 2)
+    target = bench.gain_shares(rows)
+    assert [r.get("gain_share") for r in rows[1:4]] == [pytest.approx(1.0), pytest.approx(26 / 30), pytest.approx(2 / 3)]
+    assert "gain_share" not in rows[4]  # teacher-head rows are not frozen-mode gains
+    assert target["meeting"] == ["cheap"] and target["best"]["name"] == "cheap"
+    assert target["reference_gain"] == pytest.approx(30.0)
+    rows[2]["overhead_b1_pct"] = 11.0  # now nothing is both cheap enough and good enough
+    assert bench.gain_shares(rows)["best"] is None
+    assert bench.gain_shares(rows[:1] + rows[2:]) is None  # no W3/h1280 MLP row: no reference
