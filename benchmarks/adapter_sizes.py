@@ -11,7 +11,7 @@ student run once over each text set, and every type and hidden size reuses those
 
 Latency: the student alone (frozen + head) and every row are timed together at the end, in one
 interleaved, repeated pass (median over rounds) on the evaluation set's own items at their real
-lengths, batch 1 and 32 (see ``alad.interleaved``); the overhead is the extra time over the student
+lengths, batch 1 and 32 (see ``alad.evaluation.interleaved``); the overhead is the extra time over the student
 alone, in percent. The suggested default adapter is the one with the smallest batch-1 overhead whose
 frozen metric is within ``--tolerance`` points of the sweep's best (stated in the output).
 
@@ -38,11 +38,11 @@ from pathlib import Path
 import torch
 
 from alad.adapters import ADAPTER_TYPES
-from alad.alignment import AlignConfig, align
-from alad.finetuning import MODEL_DIR, FinetuneConfig, finetune, load_splits
-from alad.interleaved import interleaved_latency, real_length_batches
-from alad.serialization import write_json_atomic, write_text_atomic
-from alad.task_models import AladTaskModel
+from alad.alignment.trainer import AlignConfig, align
+from alad.evaluation.interleaved import interleaved_latency, real_length_batches
+from alad.finetuning.trainer import MODEL_DIR, FinetuneConfig, finetune, load_splits
+from alad.io.serialization import write_json_atomic, write_text_atomic
+from alad.models.task_model import AladTaskModel
 from alad.tasks import get_task
 
 

@@ -43,15 +43,15 @@ def child(job_file: str) -> None:
     import torch
 
     torch.set_num_threads(1)
-    import alad.alignment
-    from alad import distributed
-    from alad.alignment import AlignConfig, align, load_texts
-    from alad.cache import EmbeddingCache
-    from alad.models import load_encoder
-    from alad.tokenizer_alignment import segment_texts
+    import alad.alignment.trainer
+    from alad.alignment.cache import EmbeddingCache
+    from alad.alignment.pairing import segment_texts
+    from alad.alignment.trainer import AlignConfig, align, load_texts
+    from alad.models.encoders import load_encoder
+    from alad.training import distributed
 
     job = json.loads(Path(job_file).read_text(encoding="utf-8"))
-    alad.alignment.SHARD_TEXTS = job["shard_texts"]
+    alad.alignment.trainer.SHARD_TEXTS = job["shard_texts"]
     ctx = distributed.setup(torch.device("cpu"))
     config = AlignConfig(**job["config"])
     start = time.perf_counter()
@@ -125,7 +125,7 @@ def run_child(job: dict, processes: int, work: Path, timeout: float) -> dict:
 def prepare_student(args, work: Path) -> str:
     if args.keep_layers in ("", "none"):
         return args.student
-    from alad.compress import drop_layers
+    from alad.compression.layer_dropping import drop_layers
 
     folder = work / "student"
     drop_layers(args.student, [int(x) for x in args.keep_layers.split(",")], folder)
@@ -222,9 +222,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from alad.alignment import AlignConfig
-    from alad.data_sources import corpus_path
-    from alad.serialization import write_json_atomic, write_text_atomic
+    from alad.alignment.trainer import AlignConfig
+    from alad.data.sources import corpus_path
+    from alad.io.serialization import write_json_atomic, write_text_atomic
 
     with tempfile.TemporaryDirectory(prefix="align-scale-") as scratch:
         work = Path(args.work or scratch)

@@ -25,7 +25,9 @@ import torch
 from tqdm.auto import tqdm
 
 from alad.adapters import AdapterConfig, AlignmentAdapter
-from alad.alignment import (
+from alad.alignment.cache import encode_spans
+from alad.alignment.pairing import segment_texts, teacher_targets, tokenize_with_spans
+from alad.alignment.trainer import (
     AlignConfig,
     AlignmentData,
     align,
@@ -34,11 +36,9 @@ from alad.alignment import (
     token_batches,
     warmup_linear_decay,
 )
-from alad.cache import encode_spans
-from alad.models import load_encoder
-from alad.readers import read_texts
-from alad.serialization import write_json_atomic, write_text_atomic
-from alad.tokenizer_alignment import segment_texts, teacher_targets, tokenize_with_spans
+from alad.data.readers import read_texts
+from alad.io.serialization import write_json_atomic, write_text_atomic
+from alad.models.encoders import load_encoder
 
 
 def recompute_sweep(student, teacher, segments, config: AlignConfig) -> dict:
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
 
-    from alad.data_sources import corpus_path
+    from alad.data.sources import corpus_path
 
     torch.set_num_threads(torch.get_num_threads())
     texts = read_texts(args.corpus or corpus_path())[: args.texts]

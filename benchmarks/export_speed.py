@@ -7,7 +7,7 @@ evaluation items:
 - the task metric of each variant (same items, same decoding);
 - the share of real tokens whose predicted label (argmax) each ONNX variant shares with PyTorch;
 - CPU latency at batch 1 and 32 on the evaluation set's own items at their real lengths, every row
-  timed in one interleaved, repeated pass at the end (median over rounds; see ``alad.interleaved``).
+  timed in one interleaved, repeated pass at the end (median over rounds; see ``alad.evaluation.interleaved``).
 
 The issue's targets are checked and printed: ONNX fp32 identical predictions on >= 99.9% of tokens;
 ONNX int8 within 1 F1 point of fp32 and at most 0.6x the ONNX fp32 batch-1 latency.
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 
+from alad.evaluation.interleaved import interleaved_latency, real_length_batches
 from alad.export import OnnxTaskModel, export_onnx
 from alad.export.onnx import parity
-from alad.finetuning import evaluate_task_model, headline, load_run, load_splits
-from alad.interleaved import interleaved_latency, real_length_batches
-from alad.serialization import write_json_atomic, write_text_atomic
+from alad.finetuning.trainer import evaluate_task_model, headline, load_run, load_splits
+from alad.io.serialization import write_json_atomic, write_text_atomic
 from alad.tasks import get_task
 from alad.tasks.base import batched_logits
 

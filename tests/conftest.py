@@ -168,7 +168,7 @@ def roberta_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def bert(bert_dir):
     """The tiny BERT loaded with ``load_encoder``; shared, so tests must not modify it."""
-    from alad.models import load_encoder
+    from alad.models.encoders import load_encoder
 
     return load_encoder(bert_dir)
 
@@ -176,6 +176,6 @@ def bert(bert_dir):
 @pytest.fixture(scope="session")
 def roberta(roberta_dir):
     """The tiny RoBERTa loaded with ``load_encoder``; shared, so tests must not modify it."""
-    from alad.models import load_encoder
+    from alad.models.encoders import load_encoder
 
     return load_encoder(roberta_dir)

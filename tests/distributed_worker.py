@@ -21,14 +21,14 @@ torch.set_num_threads(1)
 
 def main() -> None:
     job = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
-    import alad.alignment
-    from alad import distributed
-    from alad.alignment import AlignConfig, align
+    import alad.alignment.trainer
+    from alad.alignment.trainer import AlignConfig, align
+    from alad.training import distributed
 
-    alad.alignment.SHARD_TEXTS = job.get("shard_texts", alad.alignment.SHARD_TEXTS)
+    alad.alignment.trainer.SHARD_TEXTS = job.get("shard_texts", alad.alignment.trainer.SHARD_TEXTS)
     result: dict = {}
     if job["mode"] == "finetune":
-        from alad.finetuning import FinetuneConfig, finetune
+        from alad.finetuning.trainer import FinetuneConfig, finetune
 
         out = finetune(job["out"], FinetuneConfig(**job["settings"]), show_progress=False, **job.get("finetune", {}))
         result = {"result": out, "world_size": distributed.world_size()}
@@ -38,7 +38,7 @@ def main() -> None:
         return
     config = AlignConfig(student=job["student"], teacher=job["teacher"], **job["settings"])
     if job["mode"] == "align":
-        from alad.cache import EmbeddingCache
+        from alad.alignment.cache import EmbeddingCache
 
         built: list[int] = []  # the cache shards this process embedded
         original = EmbeddingCache._build

@@ -20,7 +20,7 @@ from alad.adapters import (
     register_adapter,
     window_features,
 )
-from alad.serialization import ArtefactError, file_sha256
+from alad.io.serialization import ArtefactError, file_sha256
 
 STATES = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]])  # [B=1, T=3, d=2]
 

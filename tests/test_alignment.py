@@ -1,4 +1,4 @@
-"""Tests for alad.alignment: data pairing, batching, loss, training and the resumable ``align`` run."""
+"""Tests for alad.alignment.trainer: data pairing, batching, loss, training and the resumable ``align`` run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from alad.adapters import AdapterConfig, AlignmentAdapter, WindowAttentionAdapter, WindowMLPAdapter, window_features
-from alad.alignment import (
+from alad.alignment.cache import EmbeddingCache
+from alad.alignment.pairing import teacher_targets
+from alad.alignment.trainer import (
     RUN_CONFIG,
     AlignConfig,
     AlignmentData,
@@ -20,8 +22,6 @@ from alad.alignment import (
     token_batches,
     windows_from_text,
 )
-from alad.cache import EmbeddingCache
-from alad.tokenizer_alignment import teacher_targets
 
 # --------------------------------------------------------------------------------------------------
 # data, batching and loss
@@ -269,7 +269,7 @@ def test_finished_run_is_not_repeated(finished_run, run_settings, monkeypatch):
     def no_embedding(*args, **kwargs):
         raise AssertionError("a finished run must not embed or train again")
 
-    monkeypatch.setattr("alad.alignment.EmbeddingCache", no_embedding)
+    monkeypatch.setattr("alad.alignment.trainer.EmbeddingCache", no_embedding)
     assert align(out, **run_settings) == json.loads(json.dumps(summary))
 
 
@@ -493,8 +493,8 @@ def test_real_packaged_pair_aligns_across_tokenizers(tmp_path):
     missing = _packaged_models_missing()
     if missing:
         pytest.skip(f"packaged model {missing} is not installed (the README's first command installs it)")
-    from alad.data_sources import shared_data_dir
-    from alad.models import load_encoder
+    from alad.data.sources import shared_data_dir
+    from alad.models.encoders import load_encoder
 
     shared = shared_data_dir()
     if shared is None:
@@ -521,7 +521,7 @@ def test_real_packaged_pair_aligns_across_tokenizers(tmp_path):
 
 
 def test_stalled_and_plateau_epochs_count_from_the_history():
-    from alad.alignment import plateau_epochs, stalled_epochs
+    from alad.alignment.trainer import plateau_epochs, stalled_epochs
 
     history = [{"val_cosine": c} for c in (0.5, 0.6, 0.6, 0.65, 0.64, 0.64)]
     assert stalled_epochs(history, 1e-4) == 2  # the last two did not beat 0.65

@@ -82,7 +82,7 @@ def _damaged_align(kind: str):
 
 
 def _corrupt_compressed(env: dict[str, Path]) -> Path:
-    from alad.compress import drop_layers
+    from alad.compression.layer_dropping import drop_layers
 
     out = drop_layers(env["bert"], [0], env["tmp"] / "cut")
     weights = out / "model.safetensors"

@@ -1,4 +1,4 @@
-"""Tests for alad.cache: build once, reuse, key on everything, resume, detect corruption."""
+"""Tests for alad.alignment.cache: build once, reuse, key on everything, resume, detect corruption."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-import alad.cache as cache_module
-from alad.cache import MANIFEST, EmbeddingCache, TokenEmbeddings, _batches_by_tokens, cache_key, encode_spans
-from alad.models import load_encoder
-from alad.tokenizer_alignment import tokenize_with_spans
+import alad.alignment.cache as cache_module
+from alad.alignment.cache import MANIFEST, EmbeddingCache, TokenEmbeddings, _batches_by_tokens, cache_key, encode_spans
+from alad.alignment.pairing import tokenize_with_spans
+from alad.models.encoders import load_encoder
 
 
 @pytest.fixture

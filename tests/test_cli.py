@@ -17,9 +17,9 @@ from tiny_tasks import write_corpus, write_ner_data, write_qa_data, write_recipe
 
 from alad.adapters import AdapterConfig, AlignmentAdapter
 from alad.cli import main
-from alad.models import load_encoder
+from alad.models.encoders import load_encoder
 
-latency_module = importlib.import_module("alad.latency")
+latency_module = importlib.import_module("alad.evaluation.latency")
 
 
 @pytest.fixture(autouse=True)

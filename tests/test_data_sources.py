@@ -1,4 +1,4 @@
-"""Tests for alad.data_sources, without network: the download step is replaced by fakes."""
+"""Tests for alad.data.sources, without network: the download step is replaced by fakes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from alad import data_sources as ds
+from alad.data import sources as ds
 
 CONLL_TEXT = {
     "train": "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\n\n",

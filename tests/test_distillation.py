@@ -9,13 +9,13 @@ import torch
 from tiny_tasks import write_ner_data
 from torch.nn import functional as F
 
-import alad.finetuning as finetune_module
+import alad.finetuning.trainer as finetune_module
 from alad.adapters import AdapterConfig, AlignmentAdapter
-from alad.finetuning import MODEL_DIR, FinetuneConfig, finetune, load_splits
-from alad.readers import TaggedSentence
-from alad.task_models import AladTaskModel, build_task_model
+from alad.data.readers import TaggedSentence
+from alad.finetuning.teacher_signals import cached_soft_targets
+from alad.finetuning.trainer import MODEL_DIR, FinetuneConfig, finetune, load_splits
+from alad.models.task_model import AladTaskModel, build_task_model
 from alad.tasks import get_task
-from alad.teacher_signals import cached_soft_targets
 
 NER = get_task("ner")
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from alad import distributed
 from alad.adapters import AlignmentAdapter
-from alad.alignment import AlignConfig, align
+from alad.alignment.trainer import AlignConfig, align
+from alad.training import distributed
 
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
@@ -88,7 +88,7 @@ def two_process_run(job, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_process_run(job, bert, roberta, tmp_path_factory, monkeypatch_module):
-    monkeypatch_module.setattr("alad.alignment.SHARD_TEXTS", SHARD_TEXTS)
+    monkeypatch_module.setattr("alad.alignment.trainer.SHARD_TEXTS", SHARD_TEXTS)
     out = tmp_path_factory.mktemp("single") / "one"
     settings = {k: v for k, v in job["settings"].items()}
     summary = align(
@@ -244,7 +244,7 @@ def two_process_finetune(ner_job, tmp_path_factory):
 
 
 def test_finetune_on_two_processes_trains_like_one(two_process_finetune, ner_job, tmp_path):
-    from alad.finetuning import FinetuneConfig, finetune
+    from alad.finetuning.trainer import FinetuneConfig, finetune
 
     out, result = two_process_finetune
     two = result["result"]

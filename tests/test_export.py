@@ -16,9 +16,9 @@ pytest.importorskip("onnxscript", reason="ONNX export tests need onnxscript (tor
 from alad.adapters import AdapterConfig, AlignmentAdapter  # noqa: E402
 from alad.cli import main  # noqa: E402
 from alad.compression import compress  # noqa: E402
+from alad.data.readers import TaggedSentence  # noqa: E402
 from alad.export import OnnxTaskModel, export_onnx  # noqa: E402
-from alad.finetuning import FinetuneConfig, finetune, load_run, predict_tags  # noqa: E402
-from alad.readers import TaggedSentence  # noqa: E402
+from alad.finetuning.trainer import FinetuneConfig, finetune, load_run, predict_tags  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_predict_and_evaluate_run_the_export_with_onnxruntime(exported, adapted_
 
 
 def test_tags_identical_on_the_evaluation_set(exported, adapted_run, ner_dir):
-    from alad.finetuning import load_splits
+    from alad.finetuning.trainer import load_splits
 
     out, _ = exported
     model, config = load_run(adapted_run)

@@ -1,4 +1,4 @@
-"""Tests for alad.finetuning: tiny end-to-end runs for NER, POS and QA, reuse, resume, modes and errors."""
+"""Tests for alad.finetuning.trainer: tiny end-to-end runs for NER, POS and QA, reuse, resume, modes and errors."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import torch
 from safetensors.torch import load_file
 from tiny_tasks import QA_DEV, save_tiny_bert, write_ner_data, write_pos_data, write_qa_data
 
-# ``alad.finetuning`` is also the name of the function the package exports: patch the module itself.
-import alad.finetuning as finetune_module
+# ``alad.finetuning.trainer`` is also the name of the function the package exports: patch the module itself.
+import alad.finetuning.trainer as finetune_module
 from alad.adapters import AdapterConfig, AlignmentAdapter
-from alad.finetuning import (
+from alad.data.readers import TaggedSentence
+from alad.finetuning.trainer import (
     FINETUNE_CONFIG,
     METRICS,
     MODEL_DIR,
@@ -26,7 +27,6 @@ from alad.finetuning import (
     load_splits,
     predict_tags,
 )
-from alad.readers import TaggedSentence
 
 RESULT_KEYS = {
     "task",

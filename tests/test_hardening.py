@@ -17,19 +17,19 @@ import pytest
 import torch
 from tiny_tasks import write_corpus, write_ner_data, write_recipe
 
-from alad import alignment as alignment_module
-from alad import finetuning as finetuning_module
 from alad.adapters import AdapterConfig, AlignmentAdapter
-from alad.alignment import AlignConfig, align
-from alad.cache import EmbeddingCache, _key_directory, cache_key
+from alad.alignment import trainer as alignment_module
+from alad.alignment.cache import EmbeddingCache, _key_directory, cache_key
+from alad.alignment.trainer import AlignConfig, align
 from alad.cli import main
-from alad.file_lock import file_lock
-from alad.finetuning import FinetuneConfig, load_splits
-from alad.readers import detect_format, read_texts
-from alad.run_folder import MARKER, RunFolderError, check_path_name, claim_run_folder, remove_own_files
-from alad.serialization import ArtefactError
-from alad.task_data import split_single_file
-from alad.task_models import AladTaskModel
+from alad.data.readers import detect_format, read_texts
+from alad.data.task_data import split_single_file
+from alad.finetuning import trainer as finetuning_module
+from alad.finetuning.trainer import FinetuneConfig, load_splits
+from alad.io.file_lock import file_lock
+from alad.io.run_folder import MARKER, RunFolderError, check_path_name, claim_run_folder, remove_own_files
+from alad.io.serialization import ArtefactError
+from alad.models.task_model import AladTaskModel
 
 
 def run_cli(args) -> tuple[int, str, str]:
@@ -122,7 +122,7 @@ def test_four_word_lines_are_text_not_conll(tmp_path, caplog):
     path = tmp_path / "four.txt"
     path.write_text("\n".join(lines) + "\n")
     assert detect_format(path) == "text"
-    with caplog.at_level(logging.WARNING, logger="alad.readers"):
+    with caplog.at_level(logging.WARNING, logger="alad.data.readers"):
         assert read_texts(path) == lines  # 50 texts, not 1 text of first words
     assert "read as text (auto-detected: 4 words per line, but the last is no tag" in caplog.text
     tagged = tmp_path / "tagged.txt"
@@ -238,7 +238,7 @@ def test_older_headers_load_only_when_they_say_so(tmp_path):
 
 
 def test_task_model_checksums_cover_encoder_adapter_and_head(bert_dir, tmp_path):
-    from alad.task_models import build_task_model
+    from alad.models.task_model import build_task_model
 
     adapter = AlignmentAdapter(AdapterConfig(student_dim=32, teacher_dim=16, hidden_size=8))
     model = build_task_model("ner", bert_dir, ("O", "B-PER"), adapter=adapter, mode="frozen")
@@ -279,7 +279,7 @@ def test_pair_named_dotdot_writes_nothing_above_out(bert_dir, sentences, tmp_pat
 
 
 def test_read_only_output_folder_is_refused_before_work(bert_dir, roberta_dir, corpus, tmp_path, monkeypatch):
-    import alad.run_folder as run_folder
+    import alad.io.run_folder as run_folder
 
     real_access = run_folder.os.access
     read_only = tmp_path / "ro"
@@ -399,7 +399,7 @@ def test_a_cache_entry_is_built_under_a_lock(bert, tmp_path, sentences):
 
 
 def test_readme_says_what_the_code_does(capsys):
-    from alad.models import cache_root
+    from alad.models.encoders import cache_root
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert "## Guarantees" in readme
@@ -414,8 +414,8 @@ def test_readme_says_what_the_code_does(capsys):
 
 
 def test_corrupt_weights_of_a_compressed_model_are_refused(bert_dir, tmp_path):
-    from alad.compress import drop_layers
-    from alad.models import load_encoder
+    from alad.compression.layer_dropping import drop_layers
+    from alad.models.encoders import load_encoder
 
     out = drop_layers(bert_dir, [0], tmp_path / "cut")
     weights = out / "model.safetensors"

@@ -1,4 +1,4 @@
-"""Tests for alad.interleaved (latency of several rows in one interleaved pass) and the benchmark helpers."""
+"""Tests for alad.evaluation.interleaved (latency of several rows in one interleaved pass) and the benchmark helpers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alad.interleaved import interleaved_latency, real_length_batches
+from alad.evaluation.interleaved import interleaved_latency, real_length_batches
 
 
 def _features(lengths):
@@ -154,7 +154,8 @@ def test_adapter_sizes_gain_share_and_overhead_target():
     for row, overhead in zip(rows[1:], (40.0, 9.0, 3.0, 3.0), strict=True):
         row.update(overhead_b1_pct=overhead, overhead_b32_pct=overhead / 2)
     target = bench.gain_shares(rows)
-    assert [r.get("gain_share") for r in rows[1:4]] == [pytest.approx(1.0), pytest.approx(26 / 30), pytest.approx(2 / 3)]
+    shares = [r.get("gain_share") for r in rows[1:4]]
+    assert shares == [pytest.approx(1.0), pytest.approx(26 / 30), pytest.approx(2 / 3)]
     assert "gain_share" not in rows[4]  # teacher-head rows are not frozen-mode gains
     assert target["meeting"] == ["cheap"] and target["best"]["name"] == "cheap"
     assert target["reference_gain"] == pytest.approx(30.0)

@@ -1,4 +1,4 @@
-"""Tests for alad.latency: timing statistics, model latency per batch size, unique parameter counts.
+"""Tests for alad.evaluation.latency: timing statistics, model latency per batch size, unique parameter counts.
 
 No speed targets are asserted: the machine may be busy.
 """
@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from alad.latency import DEFAULT_SEQ_LEN, count_parameters, measure_latency, model_latency, synthetic_inputs
+from alad.evaluation.latency import DEFAULT_SEQ_LEN, count_parameters, measure_latency, model_latency, synthetic_inputs
 
 
 def test_measure_latency_sleep_and_repeats():

@@ -1,4 +1,4 @@
-"""Tests for alad.metrics: POS, NER (checked against seqeval) and SQuAD 2.0 (hand-worked cases)."""
+"""Tests for alad.evaluation.metrics: POS, NER (checked against seqeval) and SQuAD 2.0 (hand-worked cases)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from alad.metrics import (
+from alad.evaluation.metrics import (
     compute_exact,
     compute_f1,
     format_per_type_table,

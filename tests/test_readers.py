@@ -1,4 +1,4 @@
-"""Tests for alad.readers: small inline samples, plus the real shared files where present."""
+"""Tests for alad.data.readers: small inline samples, plus the real shared files where present."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from alad.data_sources import shared_data_dir
-from alad.readers import (
+from alad.data.readers import (
     QAExample,
     TaggedSentence,
     detect_format,
@@ -18,6 +17,7 @@ from alad.readers import (
     read_squad,
     read_texts,
 )
+from alad.data.sources import shared_data_dir
 
 CONLL2003 = """\
 -DOCSTART- -X- -X- O

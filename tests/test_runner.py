@@ -1,4 +1,4 @@
-"""Tests for alad.runner: the whole recipe on tiny models and data, its reuse, summaries and config files."""
+"""Tests for alad.recipes.runner: the whole recipe on tiny models and data, its reuse, summaries and config files."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import torch
 import yaml
 from tiny_tasks import MODES, save_tiny_bert, write_qa_data, write_recipe
 
-import alad.finetuning as finetune_module
-from alad.cache import corpus_hash
-from alad.finetuning import FinetuneConfig, load_splits
-from alad.runner import _summarise_pair, format_results, load_run_config, run_recipe
+import alad.finetuning.trainer as finetune_module
+from alad.alignment.cache import corpus_hash
+from alad.finetuning.trainer import FinetuneConfig, load_splits
+from alad.recipes.runner import _summarise_pair, format_results, load_run_config, run_recipe
 
-alignment_module = importlib.import_module("alad.alignment")
-latency_module = importlib.import_module("alad.latency")
+alignment_module = importlib.import_module("alad.alignment.trainer")
+latency_module = importlib.import_module("alad.evaluation.latency")
 # measure_latency runs a full garbage collection before timing, about 0.25 s in a process as big as a
 # test session; the recipe measures 18 times per run, so the tests skip it (the timing itself is real).
 NO_GC = types.SimpleNamespace(collect=lambda *args: 0)
@@ -304,7 +304,7 @@ ATTENTION = {"adapter_type": "attention", "attention_dim": 8, "attention_heads":
 
 
 def test_recipe_stage_options_take_the_adapter_type_and_are_checked():
-    from alad.runner import check_recipe, stage2_options
+    from alad.recipes.runner import check_recipe, stage2_options
 
     recipe = {"windows": [3], "stage1": {**ATTENTION, "epochs": 2}, "stage2": {"epochs": 1}}
     check_recipe(recipe)
@@ -480,7 +480,7 @@ def test_label_budgets_are_checked_before_any_work(bert_dir, sentences, tmp_path
     ("content", "message"), [(b"", "holds no text"), (b"\n  \n", "holds no text"), (b"\xff\xfe bad", "is not UTF-8")]
 )
 def test_extra_text_files_are_checked(tmp_path, content, message):
-    from alad.runner import read_extra_texts
+    from alad.recipes.runner import read_extra_texts
 
     path = tmp_path / "extra.txt"
     path.write_bytes(content)
@@ -490,7 +490,7 @@ def test_extra_text_files_are_checked(tmp_path, content, message):
 
 def test_recipe_students_can_be_any_compression(bert_dir, tmp_path):
     from alad.compression import is_quantized_folder
-    from alad.runner import check_recipe, resolve_student
+    from alad.recipes.runner import check_recipe, resolve_student
 
     spec = {"compress": str(bert_dir), "method": "quantize-int8"}
     folder = resolve_student({"student": spec}, tmp_path / "models")

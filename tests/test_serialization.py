@@ -1,4 +1,4 @@
-"""Tests for alad.serialization: atomic writes, strict reading of JSON, tensors and configs."""
+"""Tests for alad.io.serialization: atomic writes, strict reading of JSON, tensors and configs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from alad.serialization import (
+from alad.io.serialization import (
     FORMAT_VERSION,
     ArtefactError,
     atomic_write,

@@ -8,11 +8,11 @@ import random
 import pytest
 import torch
 
-import alad.alignment
+import alad.alignment.trainer
 from alad.adapters import AlignmentAdapter
-from alad.alignment import AlignmentData, align
-from alad.cache import EmbeddingCache
-from alad.streaming import AlignmentStream, token_batches
+from alad.alignment.cache import EmbeddingCache
+from alad.alignment.streaming import AlignmentStream, token_batches
+from alad.alignment.trainer import AlignmentData, align
 
 SHARD = 4  # texts per cache shard: 40 sentences -> 10 shards
 BUFFER = 80  # tokens: a few shards per chunk
@@ -27,7 +27,7 @@ def caches(bert, roberta, sentences, tmp_path_factory):
 @pytest.fixture(scope="module")
 def full_data(caches):
     student, teacher = caches
-    from alad.cache import TokenEmbeddings
+    from alad.alignment.cache import TokenEmbeddings
 
     def embeddings(cached):
         return TokenEmbeddings(cached.texts, cached.spans, cached.read_all(), cached.key, cached.directory)
@@ -101,12 +101,12 @@ def test_buffer_must_be_positive(caches):
     with pytest.raises(ValueError, match="buffer_tokens must be >= 1"):
         AlignmentStream(*caches, specials=False, buffer_tokens=0)
     with pytest.raises(ValueError, match="--buffer-tokens must be"):
-        alad.alignment.AlignConfig(buffer_tokens=0)
+        alad.alignment.trainer.AlignConfig(buffer_tokens=0)
 
 
 @pytest.fixture
 def streamed_settings(bert, roberta, sentences, tmp_path, monkeypatch):
-    monkeypatch.setattr(alad.alignment, "SHARD_TEXTS", SHARD)
+    monkeypatch.setattr(alad.alignment.trainer, "SHARD_TEXTS", SHARD)
     streams = []
 
     class Spy(AlignmentStream):
@@ -114,7 +114,7 @@ def streamed_settings(bert, roberta, sentences, tmp_path, monkeypatch):
             super().__init__(*args, **kwargs)
             streams.append(self)
 
-    monkeypatch.setattr(alad.alignment, "AlignmentStream", Spy)
+    monkeypatch.setattr(alad.alignment.trainer, "AlignmentStream", Spy)
     settings = {
         "student": bert,
         "teacher": roberta,
@@ -155,7 +155,7 @@ def test_streamed_align_stays_in_its_buffer_and_resumes_mid_epoch_exactly(stream
 
 
 def test_tokenising_in_chunks_changes_nothing(bert, sentences, monkeypatch):
-    import alad.tokenizer_alignment as ta
+    import alad.alignment.pairing as ta
 
     pairs = [(a, b) for a, b in zip(sentences[::2], sentences[1::2], strict=True)]
     for texts in (sentences, pairs):

@@ -1,4 +1,4 @@
-"""Tests for alad.task_data: FORMAT:PATH data sources, split files, and seeded subsets."""
+"""Tests for alad.data.task_data: FORMAT:PATH data sources, split files, and seeded subsets."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from alad.readers import QAExample, TaggedSentence
-from alad.task_data import DataSource, seeded_subset
+from alad.data.readers import QAExample, TaggedSentence
+from alad.data.task_data import DataSource, seeded_subset
 
 CONLL_TRAIN = """-DOCSTART- -X- -X- O
 

@@ -1,4 +1,4 @@
-"""Tests for alad.task_models: what each mode trains, shape checks, saving and loading, teacher heads."""
+"""Tests for alad.models.task_model: what each mode trains, shape checks, saving and loading, teacher heads."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from alad.adapters import AdapterConfig, AlignmentAdapter
-from alad.models import load_encoder
-from alad.serialization import ArtefactError
-from alad.task_models import MODES, AladTaskModel, TaskModelConfig, build_task_model
+from alad.io.serialization import ArtefactError
+from alad.models.encoders import load_encoder
+from alad.models.task_model import MODES, AladTaskModel, TaskModelConfig, build_task_model
 
 LABELS = ("O", "B-LOC", "B-PER")
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from alad.readers import TaggedSentence
+from alad.data.readers import TaggedSentence
 from alad.tasks import (
     IGNORE_INDEX,
     check_labels,

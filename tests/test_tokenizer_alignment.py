@@ -1,11 +1,11 @@
-"""Tests for alad.tokenizer_alignment: pairing tokens through character offsets, splitting texts."""
+"""Tests for alad.alignment.pairing: pairing tokens through character offsets, splitting texts."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from alad.tokenizer_alignment import (
+from alad.alignment.pairing import (
     TokenSpans,
     is_pair_corpus,
     pair_tokens,

@@ -1,6 +1,6 @@
 import torch
 
-from alad.training_loop import ResumableLoop, optimizer_step, rng_state, set_rng_state
+from alad.training.loop import ResumableLoop, optimizer_step, rng_state, set_rng_state
 
 
 def batches_for_epoch(epoch: int) -> list[str]:

@@ -9,7 +9,16 @@ a larger teacher (other width, other tokenizer). Typical use::
 """
 
 from alad.adapters import AdapterConfig, AlignmentAdapter, window_features
-from alad.alignment import (
+from alad.alignment.cache import EmbeddingCache, TokenEmbeddings, encode_spans
+from alad.alignment.pairing import (
+    TextPair,
+    TokenSpans,
+    pair_tokens,
+    segment_texts,
+    teacher_targets,
+    tokenize_with_spans,
+)
+from alad.alignment.trainer import (
     AlignConfig,
     AlignmentData,
     align,
@@ -18,12 +27,12 @@ from alad.alignment import (
     evaluate_adapter,
     format_summary,
 )
-from alad.cache import EmbeddingCache, TokenEmbeddings, encode_spans
-from alad.compress import drop_layers
-from alad.data_sources import conll2003_dir, corpus_path, data_cache_dir, shared_data_dir, squad_v2_dir, ud_ewt_dir
-from alad.finetuning import FinetuneConfig, evaluate_task_model, finetune, load_run, predict_answers, predict_tags
-from alad.latency import count_parameters, measure_latency, model_latency
-from alad.metrics import (
+from alad.compression.layer_dropping import drop_layers
+from alad.data.readers import QAExample, TaggedSentence, read_conll2003, read_conllu, read_lines, read_squad, read_texts
+from alad.data.sources import conll2003_dir, corpus_path, data_cache_dir, shared_data_dir, squad_v2_dir, ud_ewt_dir
+from alad.data.task_data import DataSource
+from alad.evaluation.latency import count_parameters, measure_latency, model_latency
+from alad.evaluation.metrics import (
     compute_exact,
     compute_f1,
     get_entities,
@@ -33,28 +42,26 @@ from alad.metrics import (
     pos_metrics,
     squad_v2_metrics,
 )
-from alad.models import Encoder, ModelNotFoundError, load_encoder, resolve_model
-from alad.qa import (
+from alad.finetuning.trainer import (
+    FinetuneConfig,
+    evaluate_task_model,
+    finetune,
+    load_run,
+    predict_answers,
+    predict_tags,
+)
+from alad.io.serialization import FORMAT_VERSION, ArtefactError
+from alad.models.encoders import Encoder, ModelNotFoundError, load_encoder, resolve_model
+from alad.models.task_model import MODES, AladTaskModel, TaskModelConfig, build_task_model
+from alad.recipes.runner import load_run_config, run_recipe
+from alad.tasks import prepare_token_features
+from alad.tasks.squad import (
     QAFeature,
     apply_null_threshold,
     collate_qa,
     decode_qa,
     prepare_qa_features,
     split_squad_by_article,
-)
-from alad.readers import QAExample, TaggedSentence, read_conll2003, read_conllu, read_lines, read_squad, read_texts
-from alad.runner import load_run_config, run_recipe
-from alad.serialization import FORMAT_VERSION, ArtefactError
-from alad.task_data import DataSource
-from alad.task_models import MODES, AladTaskModel, TaskModelConfig, build_task_model
-from alad.tasks import prepare_token_features
-from alad.tokenizer_alignment import (
-    TextPair,
-    TokenSpans,
-    pair_tokens,
-    segment_texts,
-    teacher_targets,
-    tokenize_with_spans,
 )
 
 __version__ = "0.1.0"

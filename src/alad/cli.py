@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from alad.config_files import load_run_file
-from alad.serialization import ArtefactError
+from alad.io.serialization import ArtefactError
+from alad.recipes.config_files import load_run_file
 
 logger = logging.getLogger("alad")
 
@@ -31,7 +31,7 @@ def _parse_value(text: str, annotation: Any, name: str) -> Any:
         return None
     base = next((a for a in args if a is not type(None)), annotation) if args else annotation
     if typing.get_origin(base) is tuple:
-        from alad.alignment import windows_from_text
+        from alad.alignment.trainer import windows_from_text
 
         try:
             return windows_from_text(text) if name == "windows" else tuple(int(p) for p in text.split(","))
@@ -99,10 +99,10 @@ def _format_saved(format_fn: Any, data: Any, path: Path) -> str:
 
 
 def _cmd_align(args: argparse.Namespace) -> int:
-    from alad.alignment import SUMMARY_JSON, AlignConfig, align, format_summary
+    from alad.alignment.trainer import SUMMARY_JSON, AlignConfig, align, format_summary
 
     config = build_config(AlignConfig, args)
-    from alad import distributed
+    from alad.training import distributed
 
     summary = align(args.out, config, show_progress=not args.quiet, device=args.device)
     if not distributed.is_main():
@@ -115,8 +115,8 @@ def _cmd_align(args: argparse.Namespace) -> int:
 def describe(path: str | Path) -> str:
     """Human-readable description of an adapter folder or an alignment run folder."""
     from alad.adapters import CONFIG_FILE, AlignmentAdapter
-    from alad.alignment import SUMMARY_JSON, format_summary
-    from alad.serialization import read_json
+    from alad.alignment.trainer import SUMMARY_JSON, format_summary
+    from alad.io.serialization import read_json
 
     path = Path(path)
     if (path / CONFIG_FILE).is_file():
@@ -159,7 +159,7 @@ def describe(path: str | Path) -> str:
         ]
         return "\n".join(lines)
     if (path / "export.json").is_file():
-        from alad.serialization import read_json
+        from alad.io.serialization import read_json
 
         header = read_json(path / "export.json", "export header")
         keys = (
@@ -188,7 +188,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from alad.finetuning import FinetuneConfig, finetune
+    from alad.finetuning.trainer import FinetuneConfig, finetune
 
     config = build_config(FinetuneConfig, args)
     if args.command == "finetune-teacher":
@@ -196,7 +196,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             raise ValueError("--teacher is empty; name the model: a packaged name, a model folder or a hub id")
         config = dataclasses.replace(config, student=args.teacher_model, adapter=None, teacher=None, mode="joint")
     result = finetune(args.out, config, show_progress=not args.quiet, device=args.device)
-    from alad import distributed
+    from alad.training import distributed
 
     if not distributed.is_main():
         return 0  # several processes (torchrun / accelerate launch): the main one reports
@@ -227,7 +227,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from alad.export import OnnxTaskModel, load_for_inference
     from alad.export.onnx import session_latency
-    from alad.finetuning import evaluate_task_model, headline, load_splits, task_model_latency
+    from alad.finetuning.trainer import evaluate_task_model, headline, load_splits, task_model_latency
 
     model, config = load_for_inference(args.run)  # a run folder, or an ONNX export folder (onnxruntime)
     config = dataclasses.replace(config, eval_split=args.split, max_eval=args.max_eval)
@@ -248,9 +248,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from alad.data.readers import QAExample, TaggedSentence
     from alad.export import load_for_inference
-    from alad.finetuning import predict_answers, predict_tags
-    from alad.readers import QAExample, TaggedSentence
+    from alad.finetuning.trainer import predict_answers, predict_tags
     from alad.tasks import words_from_text
 
     model, config = load_for_inference(args.run)  # a run folder, or an ONNX export folder (onnxruntime)
@@ -273,8 +273,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from alad.run_folder import check_path_name
-    from alad.runner import check_recipe, format_results, load_run_config, run_recipe
+    from alad.io.run_folder import check_path_name
+    from alad.recipes.runner import check_recipe, format_results, load_run_config, run_recipe
 
     wanted = [name.strip() for name in args.pairs.split(",") if name.strip()] if args.pairs else None
     config = load_run_config(args.config, args.profile, wanted)
@@ -337,7 +337,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     header = export_onnx(
         args.run, args.out, quantize=args.quantize, parity_items=args.parity_items, parity_data=args.parity_data
     )
-    from alad.serialization import read_json
+    from alad.io.serialization import read_json
 
     checks = read_json(Path(args.out) / "parity.json", "parity check")
     line = ", ".join(
@@ -365,8 +365,8 @@ def _add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from alad.alignment import AlignConfig
-    from alad.finetuning import FinetuneConfig
+    from alad.alignment.trainer import AlignConfig
+    from alad.finetuning.trainer import FinetuneConfig
 
     parser = argparse.ArgumentParser(prog="alad", description="Alignment Adapters for compressed encoders.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -537,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"alad {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     finally:
-        from alad import distributed
+        from alad.training import distributed
 
         distributed.shutdown()
 
@@ -547,7 +547,7 @@ MULTI_PROCESS_COMMANDS = ("align", "finetune", "finetune-teacher")
 
 def _check_processes(command: str) -> None:
     """Several processes (torchrun / accelerate launch) only for the commands that share the work."""
-    from alad.distributed import env_world_size
+    from alad.training.distributed import env_world_size
 
     world = env_world_size()
     if world > 1 and command not in MULTI_PROCESS_COMMANDS:

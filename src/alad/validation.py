@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from alad.task_data import TASK_FORMATS as _DATA_FOR_TASK  # the data formats each task reads
+from alad.data.task_data import TASK_FORMATS as _DATA_FOR_TASK  # the data formats each task reads
 
 
 class NonFiniteLossError(ValueError):
@@ -197,7 +197,7 @@ def check_layer(encoder: Any, layer: int, flag: str) -> None:
 
 def check_writable(path: str | os.PathLike, flag: str) -> None:
     """Refuse a folder alad would write into but cannot (read-only), before any work."""
-    from alad.run_folder import _check_writable
+    from alad.io.run_folder import _check_writable
 
     _check_writable(Path(path), flag)
 
@@ -205,8 +205,8 @@ def check_writable(path: str | os.PathLike, flag: str) -> None:
 def check_align_inputs(out: Path, config: Any) -> None:
     """What ``align`` can check before reading data or loading a model: its run folder, the cache folder
     and (unless the run is finished and only its summary is returned) ``--init``."""
-    from alad.models import cache_root
-    from alad.run_folder import check_run_folder
+    from alad.io.run_folder import check_run_folder
+    from alad.models.encoders import cache_root
 
     check_run_folder(out, "alignment_run")
     check_writable(Path(config.cache_dir) if config.cache_dir else cache_root() / "embeddings", "--cache-dir")
@@ -219,7 +219,7 @@ def check_align_inputs(out: Path, config: Any) -> None:
 
 def check_finetune_inputs(out: Path, config: Any) -> None:
     """What ``finetune`` can check before loading data or models: its run folder, --adapter, --teacher."""
-    from alad.run_folder import check_run_folder
+    from alad.io.run_folder import check_run_folder
 
     check_run_folder(out, "finetune_run")
     if (Path(out) / "metrics.json").is_file():

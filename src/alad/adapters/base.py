@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from alad.serialization import (
+from alad.io.serialization import (
     FORMAT_VERSION,
     WEIGHTS_FORMAT_VERSION,
     WEIGHTS_SHA256,

@@ -1,14 +1,14 @@
 """Compression methods behind ``alad compress --method NAME``: one class per method, one registry.
 
 Every method turns an encoder (a packaged name, a model folder, a hub id) into a new model folder
-that :func:`alad.models.load_encoder` loads like any other, so every recipe can use it as a student.
+that :func:`alad.models.encoders.load_encoder` loads like any other, so every recipe can use it as a student.
 Each folder holds ``config.json``, ``model.safetensors``, the tokenizer files and
 ``alad_compression.json``, the record of what was done: ``method``, ``settings``, ``source`` (and
 its fingerprint), ``parameters_before`` / ``parameters_after``, ``size_bytes_before`` /
 ``size_bytes_after``, the SHA-256 of the weights, and whatever the method needs to load the folder
 back (``load``). Methods:
 
-- ``layers`` (:mod:`alad.compress`): keep some transformer layers; a plain Hugging Face folder.
+- ``layers`` (:mod:`alad.compression.layer_dropping`): keep some transformer layers; a plain Hugging Face folder.
 - ``quantize-int8`` (:mod:`alad.compression.quantize`): int8 dynamic quantisation of every
   ``nn.Linear`` (int8 weights with per-output-channel scales, activations quantised on the fly).
   PyTorch cannot save dynamically quantised modules in a Hugging Face folder, so the folder keeps
@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
-from alad.serialization import ArtefactError, file_sha256, read_json, write_json_atomic
+from alad.io.serialization import ArtefactError, file_sha256, read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def ensure_compressed(method: str, source: str | os.PathLike, out: str | os.Path
     """Like :func:`compress`, but an ``out`` already holding this very compression (same method, settings and
     source weights, weights checksum intact) is reused: what a recipe calls for a student spec such as
     ``{compress: all-MiniLM-L6-v2, method: prune, fraction: 0.5}``."""
-    from alad.models import load_encoder, model_fingerprint, verify_alad_model_folder
+    from alad.models.encoders import load_encoder, model_fingerprint, verify_alad_model_folder
 
     chosen = get_method(method)
     settings = chosen.validate(settings)
@@ -275,8 +275,8 @@ def write_compressed(
 ) -> Path:
     """Load ``source``, compress it, write the folder in a temporary sibling, reload it with
     ``load_encoder`` and check its outputs equal the in-memory compressed model's, then move it into place."""
-    from alad.latency import count_parameters
-    from alad.models import load_encoder, model_fingerprint, resolve_model
+    from alad.evaluation.latency import count_parameters
+    from alad.models.encoders import load_encoder, model_fingerprint, resolve_model
 
     out = Path(out).expanduser()
     _check_output_folder(out)
@@ -339,7 +339,7 @@ def _extra_state(compressed: PreTrainedModel) -> dict[str, Any]:
 
 
 def _verify(folder: Path, compressed: PreTrainedModel, tokenizer: Any) -> None:
-    from alad.models import load_encoder
+    from alad.models.encoders import load_encoder
 
     reloaded = load_encoder(folder)
     expected, found = _outputs(compressed, tokenizer), _outputs(reloaded.model, reloaded.tokenizer)

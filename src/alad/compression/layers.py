@@ -1,4 +1,4 @@
-"""``alad compress --method layers``: keep some transformer layers (see :mod:`alad.compress`)."""
+"""``alad compress --method layers``: keep some transformer layers (see :mod:`alad.compression.layer_dropping`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class LayerDropping(CompressionMethod):
         parser.add_argument("--keep-layers", default=argparse.SUPPRESS, help="layers: layer indices to keep, e.g. 0,1")
 
     def settings_from_args(self, args: argparse.Namespace) -> dict[str, Any]:
-        from alad.compress import parse_layers
+        from alad.compression.layer_dropping import parse_layers
 
         if not hasattr(args, "keep_layers"):
             raise ValueError("--method layers needs --keep-layers, e.g. --keep-layers 0,1")
@@ -37,7 +37,7 @@ class LayerDropping(CompressionMethod):
         return f"kept layers {settings['keep_layers']} of {source}: {out}"
 
     def run(self, source: str | os.PathLike, out: str | os.PathLike, settings: dict[str, Any]) -> Path:
-        from alad.compress import drop_layers
+        from alad.compression.layer_dropping import drop_layers
 
         return drop_layers(source, settings["keep_layers"], out)
 

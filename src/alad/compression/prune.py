@@ -29,7 +29,7 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
 from alad.compression import WEIGHTS_FILE, CompressionMethod, mark_compressed, register_method
-from alad.serialization import ArtefactError
+from alad.io.serialization import ArtefactError
 
 logger = logging.getLogger(__name__)
 

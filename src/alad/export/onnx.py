@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from alad.serialization import ArtefactError, file_sha256, read_json, write_json_atomic
+from alad.io.serialization import ArtefactError, file_sha256, read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Export the task model of a finished fine-tuning run to ``out_dir`` (a new folder); returns ``export.json``."""
     from alad.compression import is_quantized
-    from alad.finetuning import load_run, load_splits
+    from alad.finetuning.trainer import load_run, load_splits
 
     if quantize not in QUANTIZE:
         raise ValueError(f"--quantize takes int8 (or nothing for fp32), got {quantize!r}")
@@ -374,7 +374,7 @@ class OnnxTaskModel:
     def from_folder(cls, folder: str | os.PathLike, threads: int | None = None) -> OnnxTaskModel:
         from transformers import AutoTokenizer
 
-        from alad.task_models import TaskModelConfig
+        from alad.models.task_model import TaskModelConfig
 
         folder = Path(folder)
         header = read_export_header(folder)
@@ -397,7 +397,7 @@ class OnnxTaskModel:
 
 def session_latency(model: Any, batch_sizes=(1, 32), seq_len: int = 32) -> dict[int, dict[str, Any]]:
     """Latency of an :class:`OnnxTaskModel` on the same fixed random ids as ``task_model_latency``."""
-    from alad.latency import measure_latency
+    from alad.evaluation.latency import measure_latency
 
     vocab = len(model.tokenizer)
     results = {}
@@ -434,8 +434,8 @@ def read_export_header(folder: Path) -> dict[str, Any]:
 
 def load_for_inference(path: str | os.PathLike) -> tuple[Any, Any]:
     """``(model, FinetuneConfig)`` of a fine-tuning run folder or of an ONNX export folder."""
-    from alad.finetuning import FinetuneConfig, load_run
-    from alad.serialization import config_from_dict
+    from alad.finetuning.trainer import FinetuneConfig, load_run
+    from alad.io.serialization import config_from_dict
 
     path = Path(path)
     if not is_export_folder(path):

@@ -1,7 +1,7 @@
 """Extractive QA (SQuAD 1.1/2.0) as a :class:`~alad.tasks.base.Task`: a start/end head on every token.
 
 The data pipeline (windows with a document stride, span decoding, null answers, article splits)
-lives in :mod:`alad.qa`; this class plugs it into fine-tuning, evaluation and the recipe.
+lives in :mod:`alad.tasks.squad`; this class plugs it into fine-tuning, evaluation and the recipe.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from alad.metrics import no_answer_baseline, squad_v2_metrics
-from alad.readers import QAExample, question_context_pairs
+from alad.data.readers import QAExample, question_context_pairs
+from alad.evaluation.metrics import no_answer_baseline, squad_v2_metrics
 from alad.tasks.base import Task, batched_logits, register_task
 
 
@@ -33,13 +33,13 @@ class QATask(Task):
             )
 
     def features(self, model, items, config, labelled: bool = True) -> list:
-        from alad.qa import prepare_qa_features
+        from alad.tasks.squad import prepare_qa_features
 
         max_length = min(config.max_length, model.max_length)
         return prepare_qa_features(items, model.tokenizer, max_length=max_length, doc_stride=config.doc_stride)
 
     def collate(self, model, features) -> dict[str, torch.Tensor]:
-        from alad.qa import collate_qa
+        from alad.tasks.squad import collate_qa
 
         return collate_qa(features, model.tokenizer.pad_token_id or 0)
 
@@ -51,7 +51,7 @@ class QATask(Task):
 
     def predict(self, model, examples, config, show_progress: bool = False):
         """Best span text and no-answer score (null minus best span; > 0 favours no answer) per question."""
-        from alad.qa import decode_qa
+        from alad.tasks.squad import decode_qa
 
         features = self.features(model, examples, config)
         logits = batched_logits(model, self, features, show_progress=show_progress)
@@ -64,7 +64,7 @@ class QATask(Task):
         )
 
     def evaluate(self, model, items, config, show_progress: bool = False) -> dict:
-        from alad.qa import apply_null_threshold
+        from alad.tasks.squad import apply_null_threshold
 
         predictions, na_scores = self.predict(model, items, config, show_progress)
         gold = {ex.id: [text for text, _ in ex.answers] if not ex.is_impossible else [] for ex in items}
@@ -96,7 +96,7 @@ class QATask(Task):
     def split_pool(self, train, evaluation, config):
         if not config.squad_dev_articles_to_train:
             return train, evaluation, {}
-        from alad.qa import split_squad_by_article
+        from alad.tasks.squad import split_squad_by_article
 
         train, evaluation, split_info = split_squad_by_article(
             train, evaluation, config.squad_dev_articles_to_train, config.seed

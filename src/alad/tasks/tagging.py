@@ -17,8 +17,8 @@ import torch
 from torch.nn import functional as F
 from transformers import PreTrainedTokenizerBase
 
-from alad.metrics import ner_metrics, pos_metrics
-from alad.readers import TaggedSentence
+from alad.data.readers import TaggedSentence
+from alad.evaluation.metrics import ner_metrics, pos_metrics
 from alad.tasks.base import TASKS, Task, batched_logits, register_task
 
 logger = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ class TaggingTask(Task):
         return {column: 100 * metrics[column] for column in self.columns}
 
     def format_details(self, metrics) -> str:
-        from alad.metrics import format_per_type_table
+        from alad.evaluation.metrics import format_per_type_table
 
         return "\n" + format_per_type_table(metrics)
 

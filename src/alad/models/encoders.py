@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from alad.serialization import write_json_atomic
+from alad.io.serialization import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -289,7 +289,7 @@ def load_encoder(name_or_path: str | os.PathLike, device: str | torch.device = "
 def verify_alad_model_folder(path: str | os.PathLike) -> None:
     """Check a model folder alad wrote against the SHA-256 it recorded: a ``compress`` output
     (``alad_compression.json``) or a task model's ``encoder/`` (its ``task_config.json``)."""
-    from alad.serialization import ArtefactError, file_sha256, read_json
+    from alad.io.serialization import ArtefactError, file_sha256, read_json
 
     path = Path(path)
     expected: dict[Path, str] = {}

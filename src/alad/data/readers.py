@@ -83,7 +83,7 @@ def _existing_path(path: PathLike) -> Path:
     if not p.exists():
         raise FileNotFoundError(
             f"{p}: no such file or directory. Check the path; for the project's shared data, set "
-            "ALAD_SHARED_DATA to the shared 'data' folder or use alad.data_sources to locate it."
+            "ALAD_SHARED_DATA to the shared 'data' folder or use alad.data.sources to locate it."
         )
     return p
 

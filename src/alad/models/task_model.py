@@ -24,8 +24,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedT
 
 from alad.adapters import AlignmentAdapter
 from alad.compression import is_quantized, joint_mode_error, load_model, save_encoder
-from alad.models import load_encoder, max_input_tokens
-from alad.serialization import (
+from alad.io.serialization import (
     FORMAT_VERSION,
     WEIGHTS_FORMAT_VERSION,
     WEIGHTS_SHA256,
@@ -40,6 +39,7 @@ from alad.serialization import (
     weights_checksums,
     write_json_atomic,
 )
+from alad.models.encoders import load_encoder, max_input_tokens
 from alad.tasks import TASKS, get_task
 
 TASK_MODEL_KIND = "alad_task_model"
@@ -140,7 +140,7 @@ class AladTaskModel(nn.Module):
         return [name for name, p in self.named_parameters() if p.requires_grad]
 
     def num_parameters(self) -> int:
-        from alad.latency import count_parameters
+        from alad.evaluation.latency import count_parameters
 
         return count_parameters(self)  # int8-quantised weights included
 

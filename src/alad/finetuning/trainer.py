@@ -21,12 +21,11 @@ from typing import Any
 
 import torch
 
-from alad import distributed
-from alad.alignment import alignment_loss, warmup_linear_decay
+from alad.alignment.trainer import alignment_loss, warmup_linear_decay
 from alad.compression import is_quantized_folder, joint_mode_error
-from alad.models import MINILM, resolve_device
-from alad.run_folder import claim_run_folder
-from alad.serialization import (
+from alad.data.task_data import DataSource, disjoint_splits, seeded_subset
+from alad.io.run_folder import claim_run_folder
+from alad.io.serialization import (
     config_from_dict,
     config_to_dict,
     load_training_state,
@@ -34,10 +33,11 @@ from alad.serialization import (
     save_training_state,
     write_json_atomic,
 )
-from alad.task_data import DataSource, disjoint_splits, seeded_subset
-from alad.task_models import MODES, AladTaskModel, build_task_model
+from alad.models.encoders import MINILM, resolve_device
+from alad.models.task_model import MODES, AladTaskModel, build_task_model
 from alad.tasks import TASKS, Task, get_task, predict_tags  # noqa: F401  (predict_tags: re-exported)
-from alad.training_loop import ResumableLoop, optimizer_step, rng_state, set_rng_state
+from alad.training import distributed
+from alad.training.loop import ResumableLoop, optimizer_step, rng_state, set_rng_state
 from alad.validation import check_finetune_inputs, check_finite_parameters, validate_finetune_config
 
 logger = logging.getLogger(__name__)
@@ -289,7 +289,7 @@ def train_task_model(
 ) -> dict[str, Any]:
     """Train the parameters the model's mode leaves trainable; resumable through ``checkpoint_path``.
 
-    Under several processes (:mod:`alad.distributed`) every process takes rows ``rank::world`` of each
+    Under several processes (:mod:`alad.training.distributed`) every process takes rows ``rank::world`` of each
     global batch; its mean loss is weighted by its share of the rows and the gradients are summed, so
     every process takes the same step (the gradient of the batch, up to per-row weighting: the average
     of the processes' mean losses, as data-parallel training does). Only the main process writes.
@@ -412,7 +412,7 @@ def evaluate_task_model(
 def task_model_latency(model: AladTaskModel, seq_len: int = 32) -> dict[int, dict[str, float]]:
     """CPU latency of the whole deployed model (encoder, adapter, head) at batch 1 and 32, on fixed
     random token ids of ``seq_len`` tokens, so every row of a table is timed on the same input."""
-    from alad.latency import model_latency
+    from alad.evaluation.latency import model_latency
 
     vocab = model.encoder.config.vocab_size
 
@@ -534,7 +534,7 @@ def training_features(
 ) -> tuple[list, dict[str, int]]:
     """Labelled features (with the teacher's states for the auxiliary alignment loss), plus, when
     distilling, unlabelled features; every feature then carries the teacher's soft targets."""
-    from alad.teacher_signals import attach_alignment_targets, cached_soft_targets
+    from alad.finetuning.teacher_signals import attach_alignment_targets, cached_soft_targets
 
     features = task.features(model, splits.train, config)
     counts = {"labelled_items": len(splits.train), "unlabelled_items": 0}

@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
-from alad.latency import count_parameters
-from alad.models import model_fingerprint, resolve_model
-from alad.serialization import FORMAT_VERSION, ArtefactError, check_header, file_sha256, read_json, write_json_atomic
+from alad.evaluation.latency import count_parameters
+from alad.io.serialization import FORMAT_VERSION, ArtefactError, check_header, file_sha256, read_json, write_json_atomic
+from alad.models.encoders import model_fingerprint, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def drop_layers(
 ) -> Path:
     """Write a copy of an encoder that keeps only ``keep_layers`` (in that order) to ``out_dir``.
 
-    ``model_dir_or_name`` is anything :func:`alad.models.resolve_model` accepts (a model folder,
+    ``model_dir_or_name`` is anything :func:`alad.models.encoders.resolve_model` accepts (a model folder,
     ``all-MiniLM-L6-v2``, ...). ``keep_layers`` must be unique, in range and non-empty
     (``ValueError`` otherwise, naming the valid range); model types other than BERT, RoBERTa,
     XLM-RoBERTa, CamemBERT, ELECTRA, MPNet and DistilBERT raise ``NotImplementedError``.

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from alad.training_loop import clip_and_step
+from alad.training.loop import clip_and_step
 from alad.validation import check_finite_loss
 
 T = TypeVar("T")
@@ -79,7 +79,7 @@ def is_main() -> bool:
 def setup(device: torch.device) -> Context:
     """Join the process group the launcher describes (if any) and return this process's context.
 
-    ``device`` is the resolved device (:func:`alad.models.resolve_device` already refused a GPU asked
+    ``device`` is the resolved device (:func:`alad.models.encoders.resolve_device` already refused a GPU asked
     for where none is); with several processes on CUDA each takes the GPU of its ``LOCAL_RANK``.
     """
     if device.type == "cuda" and device.index is not None and env_world_size() > 1:
@@ -180,7 +180,7 @@ def data_parallel_step(
     parameters: Iterable[torch.nn.Parameter],
     grad_clip: float,
 ) -> torch.Tensor:
-    """:func:`alad.training_loop.optimizer_step` for one process of several.
+    """:func:`alad.training.loop.optimizer_step` for one process of several.
 
     ``loss`` is this process's share of the global batch loss (e.g. its summed token losses over the
     global batch's token count), so the sum over the processes is the loss of the whole batch and the

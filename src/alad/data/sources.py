@@ -120,7 +120,7 @@ def _unavailable(name: str, folder: str, files: str) -> FileNotFoundError:
     return FileNotFoundError(
         f"{name} is not available offline here ({found}) and has no package-registry source. "
         f"Provide it: set {ENV_SHARED_DATA} to a 'data' folder holding {folder}/ ({files}), "
-        "or pass the path of your own copy to the reader in alad.readers."
+        "or pass the path of your own copy to the reader in alad.data.readers."
     )
 
 

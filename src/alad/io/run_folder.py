@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from alad.serialization import FORMAT_VERSION, ArtefactError, write_json_atomic
+from alad.io.serialization import FORMAT_VERSION, ArtefactError, write_json_atomic
 
 MARKER = ".alad-run.json"
 KINDS = ("alignment_run", "finetune_run", "recipe_run")

@@ -15,7 +15,7 @@ No-answer score convention: ``na_score = null_score - best_span_score`` where ``
 smallest ``start_logit[0] + end_logit[0]`` over the question's windows and ``best_span_score`` the best
 ``start_logit[s] + end_logit[e]`` of a valid span over all windows. Higher means "more likely
 unanswerable"; a question abstains when ``na_score > threshold``. This is the convention of
-:func:`alad.metrics.squad_v2_metrics` (``na_probs=na_scores, na_prob_thresh=threshold``), so the two
+:func:`alad.evaluation.metrics.squad_v2_metrics` (``na_probs=na_scores, na_prob_thresh=threshold``), so the two
 give identical scores, and ``best_f1_thresh`` from that function is a threshold for this one. The scores
 are logit differences, not probabilities: pass ``na_prob_thresh=0.0`` (or a tuned threshold), not the
 metric's default of 1.0, unless that default is meant.
@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from alad.metrics import normalize_answer
-from alad.readers import QAExample
+from alad.data.readers import QAExample
+from alad.evaluation.metrics import normalize_answer
 
 __all__ = [
     "QAFeature",
@@ -346,7 +346,7 @@ def decode_qa(
     Returns ``(predictions, na_scores)``: the best span's context text for *every* question (even when
     the null score is higher), and ``na_score = null_score - best_span_score`` (higher = more likely
     unanswerable). Choose abstentions with :func:`apply_null_threshold` or pass ``na_probs=na_scores`` to
-    :func:`alad.metrics.squad_v2_metrics`. A question whose windows hold no context token gets ``""`` and
+    :func:`alad.evaluation.metrics.squad_v2_metrics`. A question whose windows hold no context token gets ``""`` and
     ``na_score = inf``.
     """
     if len(start_logits) != len(features) or len(end_logits) != len(features):

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from alad.cache import EmbeddingCache, corpus_hash
-from alad.models import cache_root, load_encoder
-from alad.serialization import file_sha256, load_tensors, save_tensors_atomic
+from alad.alignment.cache import EmbeddingCache, corpus_hash
+from alad.alignment.pairing import teacher_targets, tokenize_with_spans
+from alad.io.serialization import file_sha256, load_tensors, save_tensors_atomic
+from alad.models.encoders import cache_root, load_encoder
 from alad.tasks import Task
-from alad.tokenizer_alignment import teacher_targets, tokenize_with_spans
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def cached_soft_targets(
     show_progress: bool = False,
 ) -> list[torch.Tensor]:
     """The teacher's per-word logits for every item (rows of NaN for words without a token), cached."""
-    from alad.task_models import AladTaskModel
+    from alad.models.task_model import AladTaskModel
 
     teacher_model_dir = Path(teacher_model_dir)
     key = hashlib.blake2b(

@@ -28,10 +28,9 @@ from typing import Any
 import torch
 
 from alad.adapters import AdapterConfig, AlignmentAdapter
-from alad.alignment import AlignConfig, align, alignment_cosine, format_summary
-from alad.cache import EmbeddingCache
-from alad.config_files import load_run_file
-from alad.finetuning import (
+from alad.alignment.cache import EmbeddingCache
+from alad.alignment.trainer import AlignConfig, align, alignment_cosine, format_summary
+from alad.finetuning.trainer import (
     METRICS,
     MODEL_DIR,
     FinetuneConfig,
@@ -41,9 +40,10 @@ from alad.finetuning import (
     load_splits,
     main_metric,
 )
-from alad.models import load_encoder, resolve_device
-from alad.run_folder import check_path_name, check_run_folder, claim_run_folder
-from alad.serialization import read_json, write_json_atomic, write_text_atomic
+from alad.io.run_folder import check_path_name, check_run_folder, claim_run_folder
+from alad.io.serialization import read_json, write_json_atomic, write_text_atomic
+from alad.models.encoders import load_encoder, resolve_device
+from alad.recipes.config_files import load_run_file
 from alad.tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def resolve_student(pair: dict, models_dir: Path) -> str:
     spec = dict(student)
     source, method = spec.pop("compress"), spec.pop("method", "layers")
     if method == "layers":
-        from alad.compress import drop_layers
+        from alad.compression.layer_dropping import drop_layers
 
         keep = [int(k) for k in spec["keep_layers"]]
         target = models_dir / f"{_slug(source)}-layers{''.join(map(str, keep))}"
@@ -239,11 +239,11 @@ def time_rows(config: dict, splits: TaskSplits, rows: list[dict], show_progress:
     on the evaluation set's own items at their real lengths (each model through its own tokenizer).
 
     Rows timed minutes apart on a shared machine compare the machine, not the models; see
-    :mod:`alad.interleaved`. Fills ``latency_ms_b1`` / ``latency_ms_b32`` (medians over rounds) and
+    :mod:`alad.evaluation.interleaved`. Fills ``latency_ms_b1`` / ``latency_ms_b32`` (medians over rounds) and
     returns how the pass was run, for the table.
     """
-    from alad.interleaved import interleaved_latency, real_length_batches
-    from alad.task_models import AladTaskModel
+    from alad.evaluation.interleaved import interleaved_latency, real_length_batches
+    from alad.models.task_model import AladTaskModel
 
     settings = {**LATENCY_DEFAULTS, **(config.get("latency") or {})}
     task, template = get_task(config["task"]), _finetune_config(config)
@@ -698,14 +698,14 @@ def _cosine_reference(config, splits, teacher_encoder_dir: Path, show_progress: 
     """Teacher states on (a bounded number of) evaluation texts, for cosine-to-teacher columns."""
     texts = get_task(config["task"]).alignment_texts(splits.eval)[: int(config.get("cosine_texts", 300))]
     teacher = load_encoder(teacher_encoder_dir)
-    from alad.tokenizer_alignment import segment_texts
+    from alad.alignment.pairing import segment_texts
 
     segments = segment_texts(texts, [(teacher.tokenizer, teacher.max_length)])
     return EmbeddingCache().embed(teacher, segments, show_progress=show_progress)
 
 
 def _cosine(run_dir: Path, teacher_emb) -> float:
-    from alad.task_models import AladTaskModel
+    from alad.models.task_model import AladTaskModel
 
     model = AladTaskModel.from_pretrained(run_dir / MODEL_DIR)
     return alignment_cosine(model.encoder, model.tokenizer, model.adapter, teacher_emb)
@@ -952,7 +952,7 @@ def plot_results(results: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from alad.serialization import atomic_write
+    from alad.io.serialization import atomic_write
 
     metric = main_metric(results["task"])
     pairs = [p["name"] for p in results["pairs"]]
@@ -983,7 +983,7 @@ def plot_label_sweep(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from alad.serialization import atomic_write
+    from alad.io.serialization import atomic_write
 
     metric = main_metric(results["task"])
     pairs = [p["name"] for p in results["pairs"]]

@@ -6,11 +6,11 @@ in the same pass over each batch (one adapter, optimiser and schedule per window
 split gives validation MSE and mean cosine per epoch; each window keeps its best epoch. The run
 folder holds a resumable checkpoint, so an interrupted run continues exactly where it stopped.
 
-Training streams from the cache (:mod:`alad.streaming`): batches are formed within a buffer of at
+Training streams from the cache (:mod:`alad.alignment.streaming`): batches are formed within a buffer of at
 most ``buffer_tokens`` tokens of shards, so memory does not grow with the corpus; a corpus whose
 training tokens fit in the buffer is batched exactly as before streaming. Under ``torchrun`` or
 ``accelerate launch`` the cache build and the training are shared by the processes
-(:mod:`alad.distributed`).
+(:mod:`alad.training.distributed`).
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from alad import distributed
 from alad.adapters import ADAPTER_TYPES, AdapterConfig, AlignmentAdapter
 from alad.adapters.base import check_type_options, type_option_defaults
-from alad.cache import EmbeddingCache, TokenEmbeddings, corpus_hash, encode_spans
-from alad.models import MINILM, MPNET, Encoder, load_encoder, resolve_device
-from alad.run_folder import claim_run_folder, remove_own_files
-from alad.serialization import (
+from alad.alignment.cache import EmbeddingCache, TokenEmbeddings, corpus_hash, encode_spans
+from alad.alignment.pairing import AlignText, segment_texts, teacher_targets
+from alad.alignment.streaming import AlignmentStream, Chunk, StreamBatch, pad_batch, token_batches
+from alad.io.run_folder import claim_run_folder, remove_own_files
+from alad.io.serialization import (
     ArtefactError,
     atomic_write,
     config_from_dict,
@@ -44,9 +44,9 @@ from alad.serialization import (
     write_json_atomic,
     write_text_atomic,
 )
-from alad.streaming import AlignmentStream, Chunk, StreamBatch, pad_batch, token_batches
-from alad.tokenizer_alignment import AlignText, segment_texts, teacher_targets
-from alad.training_loop import ResumableLoop, optimizer_step, rng_state, set_rng_state
+from alad.models.encoders import MINILM, MPNET, Encoder, load_encoder, resolve_device
+from alad.training import distributed
+from alad.training.loop import ResumableLoop, optimizer_step, rng_state, set_rng_state
 from alad.validation import (
     check_align_inputs,
     check_finite_parameters,
@@ -268,8 +268,8 @@ def mean_predictor_metrics(train: AlignmentData, val: AlignmentData) -> dict[str
 
 
 def load_texts(config: AlignConfig) -> list[AlignText]:
-    from alad.data_sources import corpus_path
-    from alad.readers import read_texts
+    from alad.data.readers import read_texts
+    from alad.data.sources import corpus_path
 
     path = Path(config.corpus) if config.corpus else corpus_path()
     texts = read_texts(path, format=config.corpus_format)
@@ -426,11 +426,11 @@ def align(
     the run's settings, so a run may resume on another device. Returns the run summary (also in
     ``summary.json``).
 
-    Training streams from the embedding cache (:mod:`alad.streaming`): at most ``buffer_tokens``
+    Training streams from the embedding cache (:mod:`alad.alignment.streaming`): at most ``buffer_tokens``
     tokens of states are in memory at once. Started by ``torchrun`` or ``accelerate launch`` (several
     processes), every process calls this with the same arguments: each embeds its share of the cache
     shards and trains on its share of every global batch (gradients summed); only the main process
-    writes into ``out_dir`` (:mod:`alad.distributed`).
+    writes into ``out_dir`` (:mod:`alad.training.distributed`).
     """
     config = dataclasses.replace(config or AlignConfig(), **overrides)
     device = resolve_device(device)  # a wrong device fails before anything is written
@@ -823,8 +823,8 @@ def alignment_cosine(
 ) -> float:
     """Held-out mean cosine between an adapter's output on a (possibly fine-tuned) student and cached
     teacher states, on the teacher's texts: how close a task model still is to its teacher."""
-    from alad.models import max_input_tokens
-    from alad.tokenizer_alignment import tokenize_with_spans
+    from alad.alignment.pairing import tokenize_with_spans
+    from alad.models.encoders import max_input_tokens
 
     student = Encoder(student_model, student_tokenizer, "student", max_input_tokens(student_model, student_tokenizer))
     spans = tokenize_with_spans(student_tokenizer, teacher.texts)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from alad.readers import QAExample, TaggedSentence, read_conll2003, read_conllu, read_squad
+from alad.data.readers import QAExample, TaggedSentence, read_conll2003, read_conllu, read_squad
 
 T = TypeVar("T")
 
@@ -130,7 +130,7 @@ def load_hub_split(name: str, split: str, tag: str = "upos") -> list[TaggedSente
 
 
 def _default_folder(fmt: str) -> Path:
-    from alad import data_sources
+    from alad.data import sources as data_sources
 
     if fmt == "conll2003":
         return data_sources.conll2003_dir()

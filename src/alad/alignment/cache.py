@@ -31,11 +31,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from alad import distributed
-from alad.file_lock import file_lock
-from alad.models import Encoder, cache_root, model_fingerprint, tokenizer_fingerprint
-from alad.run_folder import remove_stale_tmp
-from alad.serialization import (
+from alad.alignment.pairing import AlignText, TokenSpans, is_pair_corpus, tokenize_with_spans
+from alad.io.file_lock import file_lock
+from alad.io.run_folder import remove_stale_tmp
+from alad.io.serialization import (
     FORMAT_VERSION,
     ArtefactError,
     file_sha256,
@@ -43,7 +42,8 @@ from alad.serialization import (
     save_tensors_atomic,
     write_json_atomic,
 )
-from alad.tokenizer_alignment import AlignText, TokenSpans, is_pair_corpus, tokenize_with_spans
+from alad.models.encoders import Encoder, cache_root, model_fingerprint, tokenizer_fingerprint
+from alad.training import distributed
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from alad.cache import CachedStates
-from alad.tokenizer_alignment import pair_tokens, teacher_targets
+from alad.alignment.cache import CachedStates
+from alad.alignment.pairing import pair_tokens, teacher_targets
 
 CHUNK_SEED_STRIDE = 1_000_003
 """Seed of chunk k's batches in epoch e: ``seed + e + k * CHUNK_SEED_STRIDE`` (chunk 0: ``seed + e``)."""

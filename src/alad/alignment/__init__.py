@@ -1,0 +1,1 @@
+"""Alignment: token pairing across tokenizers, the embedding cache, streaming batches, the trainer."""

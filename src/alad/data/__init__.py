@@ -1,0 +1,1 @@
+"""Reading data: file formats, data sources (shared data, packages, hub), task splits and budgets."""

@@ -1,0 +1,1 @@
+"""Scores and speed: task metrics (seqeval-style F1, SQuAD), latency, interleaved timing."""

@@ -1,0 +1,1 @@
+"""Files alad writes and reads: atomic writes and checksums, safetensors headers, run folders, locks."""

@@ -1,0 +1,1 @@
+"""Encoders (packaged, local, hub; fingerprints) and the task model (encoder + adapter + head)."""

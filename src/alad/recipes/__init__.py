@@ -1,0 +1,1 @@
+"""The whole recipe (``alad run``): recipe files, stages, rows, reports."""

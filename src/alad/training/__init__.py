@@ -1,0 +1,1 @@
+"""Training machinery shared by alignment and fine-tuning: the resumable loop and several processes."""
