@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from alad.alignment.pairing import (
+    SpanTable,
     TokenSpans,
     is_pair_corpus,
     pair_tokens,
     segment_texts,
+    span_lengths,
     split_to_fit,
     teacher_targets,
     tokenize_with_spans,
@@ -281,3 +283,35 @@ def test_special_tokens_pair_by_role_only_when_asked(bert, roberta):
         for i in torch.nonzero(s.special).flatten().tolist():
             same_role = [j for j, r in enumerate(roles_t) if r == roles_s[i]]
             torch.testing.assert_close(paired[i], states[same_role].mean(dim=0))
+
+
+def test_span_table_holds_a_corpus_in_flat_arrays(bert, roberta, sentences):
+    """tokenize_with_spans returns a SpanTable: per text the same spans as tokenising it alone, a
+    few bytes per token (not Python objects per text), slices that share the arrays."""
+    texts = sentences * 3
+    for model in (bert, roberta):
+        table = tokenize_with_spans(model.tokenizer, texts)
+        assert isinstance(table, SpanTable) and len(table) == len(texts)
+        assert table.lengths() == [len(s.input_ids) for s in table]
+        for index in (0, 7, len(texts) - 1):
+            alone = model.tokenizer(texts[index], return_offsets_mapping=True, return_special_tokens_mask=True)
+            got = table[index]
+            assert got.input_ids == alone["input_ids"]
+            assert got.offsets.tolist() == [list(o) for o in alone["offset_mapping"]]
+            assert got.special.tolist() == [bool(x) for x in alone["special_tokens_mask"]]
+            assert got.offsets.dtype == torch.long and table[index - len(texts)].input_ids == got.input_ids
+        tokens = sum(table.lengths())
+        assert table.nbytes <= 13 * tokens + 8 * (len(texts) + 1)  # int32 id + 2 x int32 offsets + bool flag
+        part = table[5:9]
+        assert isinstance(part, SpanTable) and part.ids is table.ids  # a view, no copy
+        assert [s.input_ids for s in part] == [table[i].input_ids for i in range(5, 9)]
+        assert part.flat_ids() == [i for s in part for i in s.input_ids]
+        assert len(table[9:5]) == 0 and span_lengths(list(part)) == part.lengths()
+        with pytest.raises(IndexError, match="not in this table"):
+            table[len(texts)]
+    # chunked tokenisation gives the same table as one chunk
+    halves = [tokenize_with_spans(bert.tokenizer, texts[:10]), tokenize_with_spans(bert.tokenizer, texts[10:])]
+    merged = SpanTable.concat(halves)
+    whole = tokenize_with_spans(bert.tokenizer, texts)
+    assert merged.lengths() == whole.lengths() and merged.flat_ids() == whole.flat_ids()
+    assert (merged.offsets == whole.offsets).all() and (merged.special == whole.special).all()

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from alad.alignment.pairing import AlignText, TokenSpans, is_pair_corpus, tokenize_with_spans
+from alad.alignment.pairing import AlignText, TokenSpans, is_pair_corpus, span_lengths, tokenize_with_spans
 from alad.io.file_lock import file_lock
 from alad.io.run_folder import remove_stale_tmp
 from alad.io.serialization import (
@@ -56,7 +56,7 @@ class TokenEmbeddings:
     """Token states of one model for a list of texts, with the spans needed to pair them."""
 
     texts: list[AlignText]
-    spans: list[TokenSpans]
+    spans: Sequence[TokenSpans]  # a SpanTable for a corpus
     states: list[torch.Tensor]  # per text [T, d], float16
     key: dict
     directory: Path | None = None
@@ -78,7 +78,7 @@ class CachedStates:
     """
 
     texts: list[AlignText]
-    spans: list[TokenSpans]
+    spans: Sequence[TokenSpans]  # a SpanTable for a corpus
     key: dict
     directory: Path
     shards: list[dict]
@@ -106,10 +106,10 @@ class CachedStates:
         try:
             with safe_open(str(path), framework="pt") as handle:
                 lengths = handle.get_tensor("lengths").tolist()
-                expected = [len(s.input_ids) for s in self.spans[lo : lo + count]]
-                if lengths != expected or handle.get_tensor("input_ids").tolist() != [
-                    i for s in self.spans[lo : lo + count] for i in s.input_ids
-                ]:
+                part = self.spans[lo : lo + count]
+                expected = span_lengths(part)
+                flat = part.flat_ids() if hasattr(part, "flat_ids") else [i for s in part for i in s.input_ids]
+                if lengths != expected or handle.get_tensor("input_ids").tolist() != flat:
                     raise ArtefactError(
                         f"cache shard {path} does not match the tokenised corpus; delete {self.directory} and run again"
                     )
@@ -220,7 +220,7 @@ def encode_spans(
     progress: tqdm | None = None,
 ) -> list[torch.Tensor]:
     """Run the encoder on pre-tokenised texts; returns one float16 [T, d] tensor per text."""
-    lengths = [len(s.input_ids) for s in spans]
+    lengths = span_lengths(spans)
     _check_lengths(encoder, lengths)
     model = encoder.model
     device = next(model.parameters()).device
@@ -277,7 +277,7 @@ class EmbeddingCache:
         directory = _key_directory(self.root, key)
         spans = tokenize_with_spans(encoder.tokenizer, texts)
         # Check the whole corpus up front: indices are the corpus's, and no shard is built in vain.
-        _check_lengths(encoder, [len(s.input_ids) for s in spans])
+        _check_lengths(encoder, span_lengths(spans))
         num_shards = (len(texts) + self.shard_size - 1) // self.shard_size
         if not distributed.is_active():
             # One process at a time per entry; under the lock, .tmp files are leftovers of a killed write.
@@ -360,11 +360,7 @@ class EmbeddingCache:
         """Embed and write the shards ``indices``; with a ``manifest``, record each one as it is done."""
         directory.mkdir(parents=True, exist_ok=True)
         indices = list(indices)
-        total = sum(
-            len(s.input_ids)
-            for index in indices
-            for s in spans[index * self.shard_size : (index + 1) * self.shard_size]
-        )
+        total = sum(sum(span_lengths(spans[i * self.shard_size : (i + 1) * self.shard_size])) for i in indices)
         entries = []
         with tqdm(
             total=total,

@@ -30,9 +30,11 @@ for a model is split in its second text, each piece keeping the first.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -76,17 +78,90 @@ TOKENIZE_CHUNK = 2048
 """Texts tokenised per call: the tokenizer's Python output (offsets as tuples) stays small for any corpus."""
 
 
-def tokenize_with_spans(tokenizer: PreTrainedTokenizerBase, texts: Sequence[AlignText]) -> list[TokenSpans]:
+class SpanTable(Sequence):
+    """The token spans of many texts in three flat arrays (ids, character offsets, special flags) and
+    an index into them: about 13 bytes per token, where one :class:`TokenSpans` per text costs three
+    Python objects (~3 KB a text), so a corpus's spans stay small next to its cached states.
+
+    ``table[i]`` is text ``i``'s :class:`TokenSpans`; ``table[lo:hi]`` a table sharing the arrays.
+    """
+
+    def __init__(self, ids: np.ndarray, offsets: np.ndarray, special: np.ndarray, starts: np.ndarray) -> None:
+        self.ids, self.offsets, self.special, self.starts = ids, offsets, special, starts
+
+    @classmethod
+    def concat(cls, tables: Sequence[SpanTable]) -> SpanTable:
+        if not tables:
+            return cls(np.zeros(0, np.int32), np.zeros((0, 2), np.int32), np.zeros(0, bool), np.zeros(1, np.int64))
+        parts = [t.detached() for t in tables]
+        shifts = np.cumsum([0] + [len(t.ids) for t in parts[:-1]])
+        tails = [t.starts[1:] + shift for t, shift in zip(parts, shifts, strict=True)]
+        starts = np.concatenate([parts[0].starts[:1], *tails])
+        return cls(
+            np.concatenate([t.ids for t in parts]),
+            np.concatenate([t.offsets for t in parts]),
+            np.concatenate([t.special for t in parts]),
+            starts,
+        )
+
+    def detached(self) -> SpanTable:
+        """This table with arrays of its own texts only, starting at 0."""
+        lo, hi = int(self.starts[0]), int(self.starts[-1])
+        return SpanTable(self.ids[lo:hi], self.offsets[lo:hi], self.special[lo:hi], self.starts - lo)
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            lo, hi, step = index.indices(len(self))
+            if step != 1:
+                return [self[i] for i in range(lo, hi, step)]
+            return SpanTable(self.ids, self.offsets, self.special, self.starts[lo : max(lo, hi) + 1])
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"text {index} is not in this table of {len(self)}")
+        a, b = int(self.starts[index]), int(self.starts[index + 1])
+        return TokenSpans(
+            input_ids=self.ids[a:b].tolist(),
+            offsets=torch.from_numpy(self.offsets[a:b].astype(np.int64)),
+            special=torch.from_numpy(self.special[a:b].copy()),
+        )
+
+    def __iter__(self) -> Iterator[TokenSpans]:
+        return (self[i] for i in range(len(self)))
+
+    def lengths(self) -> list[int]:
+        """Tokens per text."""
+        return np.diff(self.starts).tolist()
+
+    def flat_ids(self) -> list[int]:
+        """Every text's token ids, one after another."""
+        return self.ids[int(self.starts[0]) : int(self.starts[-1])].tolist()
+
+    @property
+    def nbytes(self) -> int:
+        return self.ids.nbytes + self.offsets.nbytes + self.special.nbytes + self.starts.nbytes
+
+
+def span_lengths(spans: Sequence[TokenSpans]) -> list[int]:
+    """Tokens per text of a :class:`SpanTable` (without building its texts' spans) or of a list."""
+    return spans.lengths() if isinstance(spans, SpanTable) else [len(s.input_ids) for s in spans]
+
+
+def tokenize_with_spans(tokenizer: PreTrainedTokenizerBase, texts: Sequence[AlignText]) -> SpanTable:
     """Tokenise with special tokens and character offsets, without truncation."""
     texts = list(texts)
     pairs = is_pair_corpus(texts)
-    spans = []
-    for start in range(0, len(texts), TOKENIZE_CHUNK):
-        spans.extend(_tokenize_chunk(tokenizer, texts[start : start + TOKENIZE_CHUNK], pairs))
-    return spans
+    chunks = [
+        _tokenize_chunk(tokenizer, texts[start : start + TOKENIZE_CHUNK], pairs)
+        for start in range(0, len(texts), TOKENIZE_CHUNK)
+    ]
+    return SpanTable.concat(chunks)
 
 
-def _tokenize_chunk(tokenizer: PreTrainedTokenizerBase, texts: list[AlignText], pairs: bool) -> list[TokenSpans]:
+def _tokenize_chunk(tokenizer: PreTrainedTokenizerBase, texts: list[AlignText], pairs: bool) -> SpanTable:
     arguments = ([t[0] for t in texts], [t[1] for t in texts]) if pairs else (texts,)
     encoded = tokenizer(
         *arguments,
@@ -97,16 +172,16 @@ def _tokenize_chunk(tokenizer: PreTrainedTokenizerBase, texts: list[AlignText], 
         return_attention_mask=False,
         verbose=False,
     )
-    spans = []
-    for index, (ids, offsets, special) in enumerate(
-        zip(encoded["input_ids"], encoded["offset_mapping"], encoded["special_tokens_mask"], strict=True)
-    ):
-        offsets = torch.tensor(offsets, dtype=torch.long).reshape(-1, 2)
-        if pairs:
-            second = torch.tensor([sid == 1 for sid in encoded.sequence_ids(index)], dtype=torch.bool)
-            offsets[second] += len(texts[index][0]) + 1
-        spans.append(TokenSpans(input_ids=list(ids), offsets=offsets, special=torch.tensor(special, dtype=torch.bool)))
-    return spans
+    chain = itertools.chain.from_iterable
+    starts = np.cumsum([0] + [len(ids) for ids in encoded["input_ids"]], dtype=np.int64)
+    ids = np.fromiter(chain(encoded["input_ids"]), dtype=np.int32, count=int(starts[-1]))
+    offsets = np.array([pair for text in encoded["offset_mapping"] for pair in text], dtype=np.int32).reshape(-1, 2)
+    special = np.fromiter(chain(encoded["special_tokens_mask"]), dtype=bool, count=int(starts[-1]))
+    if pairs:  # the second text's characters come after the first's and one separator
+        for index, text in enumerate(texts):
+            second = np.array([sid == 1 for sid in encoded.sequence_ids(index)], dtype=bool)
+            offsets[starts[index] : starts[index + 1]][second] += len(text[0]) + 1
+    return SpanTable(ids, offsets, special, starts)
 
 
 def pair_tokens(student: TokenSpans, teacher: TokenSpans, specials: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alad.alignment.cache import CachedStates
-from alad.alignment.pairing import pair_tokens, teacher_targets
+from alad.alignment.pairing import pair_tokens, span_lengths, teacher_targets
 
 CHUNK_SEED_STRIDE = 1_000_003
 """Seed of chunk k's batches in epoch e: ``seed + e + k * CHUNK_SEED_STRIDE`` (chunk 0: ``seed + e``)."""
@@ -112,7 +112,7 @@ class AlignmentStream:
             raise ValueError(f"buffer_tokens must be >= 1, got {buffer_tokens}")
         self.student, self.teacher, self.specials = student, teacher, specials
         self.buffer_tokens = buffer_tokens
-        self.lengths = [len(s.input_ids) for s in student.spans]
+        self.lengths = span_lengths(student.spans)
         # How many tokens of each text the loss counts: from the tokenisations alone, no state needed.
         self.counted = [
             int(pair_tokens(s, t, specials)[1].sum()) for s, t in zip(student.spans, teacher.spans, strict=True)

@@ -435,7 +435,6 @@ def align(
     config = dataclasses.replace(config or AlignConfig(), **overrides)
     device = resolve_device(device)  # a wrong device fails before anything is written
     ctx = distributed.setup(device)
-    device = ctx.device
     out = Path(out_dir)
     # run folder, cache folder, --init: before any work, and on every process (one may lack a right)
     distributed.agree(lambda: check_align_inputs(out, config))
@@ -446,12 +445,51 @@ def align(
         logger.info("%s already holds a finished run; returning its summary", out)
         return read_json(out / SUMMARY_JSON, "run summary")
 
+    progress = show_progress and ctx.is_main
+    data = _prepare(out, config, ctx, given, student, teacher, progress)  # texts, models, cache, split
+    run = _AlignmentRun(out, config, ctx, data)
+    run.resume_or_start()
+    loop = run.loop(progress, stop_after_steps)
+    finished = loop.run(run.train_step, run.end_epoch, run.converged)
+    data.stream.release()
+    if not finished:
+        distributed.barrier()  # the checkpoint is written when every process returns
+        return {"interrupted_at_step": loop.step}
+    return run.finish()
+
+
+@dataclass
+class _Prepared:
+    """What training reads: the texts' digest and counts, the cached states as a stream, the seeded split."""
+
+    num_texts: int
+    num_segments: int
+    texts_sha256: str
+    stream: AlignmentStream
+    train_ids: list[int]
+    val_ids: list[int]
+    val_chunks: list[Chunk]
+    counted: tuple[int, int]  # loss tokens of the training and held-out parts
+    student_dim: int
+    teacher_dim: int
+
+
+def _prepare(
+    out: Path,
+    config: AlignConfig,
+    ctx: distributed.Context,
+    given: list[AlignText] | None,
+    student: Encoder | None,
+    teacher: Encoder | None,
+    progress: bool,
+) -> _Prepared:
+    """Read the texts, load the models, build (or find) their embedding cache and split it by seed."""
     texts = given if given is not None else load_texts(config)
     texts_sha256 = corpus_hash(texts)
     if given is None:  # an interrupted run resumes only on the texts it started with
         _check_same_run(out, config, texts_sha256)
-    student = student or load_encoder(config.student, device)
-    teacher = teacher or load_encoder(config.teacher, device)
+    student = student or load_encoder(config.student, ctx.device)
+    teacher = teacher or load_encoder(config.teacher, ctx.device)
     check_layer(student, config.student_layer, "--student-layer")
     check_layer(teacher, config.teacher_layer, "--teacher-layer")
     segments = segment_texts(texts, [(student.tokenizer, student.max_length), (teacher.tokenizer, teacher.max_length)])
@@ -460,7 +498,6 @@ def align(
     if len(segments) != len(texts):
         logger.info("%d texts became %d segments (blank lines dropped, long texts split)", len(texts), len(segments))
 
-    progress = show_progress and ctx.is_main
     cache = EmbeddingCache(config.cache_dir and Path(config.cache_dir), shard_size=SHARD_TEXTS)
     teacher_cache = cache.build(teacher, segments, config.teacher_layer, progress)
     student_cache = cache.build(student, segments, config.student_layer, progress)
@@ -475,29 +512,64 @@ def align(
             f"{len(segments)} texts ({len(train_ids)} to train on) cannot be shared by {ctx.world_size} processes: "
             f"each needs at least one training text; use at most {max(1, len(train_ids))} processes, or more texts"
         )
-    counted = [sum(stream.counted[i] for i in part) for part in (train_ids, val_ids)]
+    counted = (sum(stream.counted[i] for i in train_ids), sum(stream.counted[i] for i in val_ids))
     check_usable_tokens(counted[0], counted[1], len(texts))
-    val_chunks = stream.eval_chunks(val_ids)
+    return _Prepared(
+        num_texts=len(texts),
+        num_segments=len(segments),
+        texts_sha256=texts_sha256,
+        stream=stream,
+        train_ids=train_ids,
+        val_ids=val_ids,
+        val_chunks=stream.eval_chunks(val_ids),
+        counted=counted,
+        student_dim=student_cache.hidden_size,
+        teacher_dim=teacher_cache.hidden_size,
+    )
 
-    def plan(epoch: int) -> list[StreamBatch]:
-        return stream.train_batches(train_ids, config.batch_tokens, config.seed, epoch)
 
-    steps_per_epoch = len(plan(0))
-    total_steps = sum(len(plan(epoch)) for epoch in range(config.epochs))
+class _AlignmentRun:
+    """One run's adapters with their optimisers and schedules, where it stands, and the loop's steps:
+    one training step over every window, the end of an epoch (held-out scores, best adapters kept),
+    convergence, checkpoints, and the summary at the end. Only the main process writes."""
 
-    adapters = _init_adapters(config, student_cache.hidden_size, teacher_cache.hidden_size)
-    trainers = {}
-    for window, adapter in adapters.items():
-        adapter.to(device)
-        optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        trainer = trainers[window] = _Trainer(adapter, optimizer, None)
-        trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _lr_factor(config, steps_per_epoch, total_steps, trainer)
-        )
+    def __init__(self, out: Path, config: AlignConfig, ctx: distributed.Context, data: _Prepared) -> None:
+        self.out, self.config, self.ctx, self.data = out, config, ctx, data
+        self.start = {"epoch": 0, "batch": 0, "step": 0}
+        self.extra: dict[str, Any] = {}
+        steps_per_epoch = len(self.plan(0))
+        total_steps = sum(len(self.plan(epoch)) for epoch in range(config.epochs))
+        self.trainers: dict[int, _Trainer] = {}
+        for window, adapter in _init_adapters(config, data.student_dim, data.teacher_dim).items():
+            adapter.to(ctx.device)
+            optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+            trainer = self.trainers[window] = _Trainer(adapter, optimizer, None)
+            trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, _lr_factor(config, steps_per_epoch, total_steps, trainer)
+            )
 
-    start_epoch, start_batch, step = 0, 0, 0
-    checkpoint = load_training_state(out / CHECKPOINT_DIR / "state.pt")
-    if checkpoint is not None:
+    def plan(self, epoch: int) -> list[StreamBatch]:
+        return self.data.stream.train_batches(self.data.train_ids, self.config.batch_tokens, self.config.seed, epoch)
+
+    def adapters(self) -> dict[int, AlignmentAdapter]:
+        return {window: t.adapter for window, t in self.trainers.items()}
+
+    # -- before the first step -----------------------------------------------------------------------
+
+    def resume_or_start(self) -> None:
+        """Continue from the checkpoint, or score the starting point; then claim the run folder."""
+        checkpoint = load_training_state(self.out / CHECKPOINT_DIR / "state.pt")
+        if checkpoint is not None:
+            self._resume(checkpoint)
+        else:
+            self._start()
+        if self.ctx.is_main:
+            claim_run_folder(self.out, "alignment_run")  # the marker is the first file alad writes there
+            record = {"kind": "alignment_run", "config": config_to_dict(self.config)}
+            write_json_atomic(self.out / RUN_CONFIG, {**record, "texts_sha256": self.data.texts_sha256})
+
+    def _resume(self, checkpoint: dict) -> None:
+        out, ctx, trainers = self.out, self.ctx, self.trainers
         if set(checkpoint["trainers"]) != set(trainers):
             raise ArtefactError(
                 f"checkpoint in {out} trained windows {sorted(checkpoint['trainers'])}, not {sorted(trainers)}"
@@ -514,106 +586,119 @@ def align(
             t.optimizer.load_state_dict(saved["optimizer"])
             t.scheduler.load_state_dict(saved["scheduler"])
             t.best, t.history = saved["best"], saved["history"]
-        start_epoch, start_batch, step = checkpoint["epoch"], checkpoint["batch"], checkpoint["step"]
-        extra = checkpoint["extra"]
+        self.start = {key: checkpoint[key] for key in ("epoch", "batch", "step")}
+        self.extra = checkpoint["extra"]
         set_rng_state(checkpoint.get("rng_per_process", [checkpoint["rng"]])[ctx.rank])
-        logger.info("resuming %s at epoch %d, batch %d (step %d)", out, start_epoch + 1, start_batch, step)
-    else:
-        extra = {
-            "num_texts": len(texts),
-            "num_segments": len(segments),
-            "num_train": len(train_ids),
-            "num_val": len(val_ids),
-            "train_tokens": counted[0],
-            "val_tokens": counted[1],
-            "unpaired_student_tokens": sum(stream.lengths) - sum(stream.counted),
-            "student_dim": student_cache.hidden_size,
-            "teacher_dim": teacher_cache.hidden_size,
-            "mean_predictor": _streamed_mean_predictor(stream, train_ids, val_chunks, ctx),
+        epoch, batch, step = (self.start[key] for key in ("epoch", "batch", "step"))
+        logger.info("resuming %s at epoch %d, batch %d (step %d)", out, epoch + 1, batch, step)
+
+    def _start(self) -> None:
+        data, ctx = self.data, self.ctx
+        self.extra = {
+            "num_texts": data.num_texts,
+            "num_segments": data.num_segments,
+            "num_train": len(data.train_ids),
+            "num_val": len(data.val_ids),
+            "train_tokens": data.counted[0],
+            "val_tokens": data.counted[1],
+            "unpaired_student_tokens": sum(data.stream.lengths) - sum(data.stream.counted),
+            "student_dim": data.student_dim,
+            "teacher_dim": data.teacher_dim,
+            "mean_predictor": _streamed_mean_predictor(data.stream, data.train_ids, data.val_chunks, ctx),
         }
-        extra["initial"] = _evaluate_streamed({w: t.adapter for w, t in trainers.items()}, stream, val_chunks, ctx)
-        torch.manual_seed(config.seed if ctx.rank == 0 else config.seed + 7919 * ctx.rank)  # own dropout per process
-    if ctx.is_main:
-        claim_run_folder(out, "alignment_run")  # the marker is the first file alad writes there
-        write_json_atomic(
-            out / RUN_CONFIG,
-            {"kind": "alignment_run", "config": config_to_dict(config), "texts_sha256": texts_sha256},
+        self.extra["initial"] = _evaluate_streamed(self.adapters(), data.stream, data.val_chunks, ctx)
+        seed = self.config.seed
+        torch.manual_seed(seed if ctx.rank == 0 else seed + 7919 * ctx.rank)  # own dropout per process
+
+    def loop(self, progress: bool, stop_after_steps: int | None) -> ResumableLoop:
+        return ResumableLoop(
+            self.config.epochs,
+            self.plan,
+            self.save_checkpoint,
+            start_epoch=self.start["epoch"],
+            start_batch=self.start["batch"],
+            start_step=self.start["step"],
+            checkpoint_every=self.config.checkpoint_every,
+            stop_after_steps=stop_after_steps,
+            description=f"aligning w{','.join(map(str, self.trainers))}",
+            show_progress=progress,
         )
 
-    def train_step(batch: StreamBatch) -> dict[str, float]:
+    # -- the loop's steps ----------------------------------------------------------------------------
+
+    def train_step(self, batch: StreamBatch) -> dict[str, float]:
+        """One optimiser step of every window on this batch (this process's share of it)."""
+        ctx, stream = self.ctx, self.data.stream
         stream.ensure(batch.chunk.needed(ctx.rank, ctx.world_size))  # a new chunk: its shards, once
         rows = batch.ids[ctx.rank :: ctx.world_size]
+        if ctx.active:
+            return self._data_parallel_step(batch, rows)
+        x, attention, y, counted = (t.to(ctx.device) for t in stream.collate(rows))
         losses = {}
-        if not ctx.active:
-            x, attention, y, counted = (t.to(device) for t in stream.collate(rows))
-            for window, t in trainers.items():
-                t.adapter.train()
-                loss = alignment_loss(t.adapter(x, attention), y, counted, config.loss)
-                optimizer_step(loss, t.optimizer, t.scheduler, t.adapter.parameters(), config.grad_clip)
-                losses[f"w{window}"] = round(loss.item(), 4)
-            return losses
+        for window, t in self.trainers.items():
+            t.adapter.train()
+            loss = alignment_loss(t.adapter(x, attention), y, counted, self.config.loss)
+            optimizer_step(loss, t.optimizer, t.scheduler, t.adapter.parameters(), self.config.grad_clip)
+            losses[f"w{window}"] = round(loss.item(), 4)
+        return losses
+
+    def _data_parallel_step(self, batch: StreamBatch, rows: list[int]) -> dict[str, float]:
+        stream, device = self.data.stream, self.ctx.device
         total = sum(stream.counted[i] for i in batch.ids)
         tensors = tuple(t.to(device) for t in stream.collate(rows)) if rows else None
         steps = []
-        for t in trainers.values():
+        for t in self.trainers.values():
             t.adapter.train()
             if tensors is None:  # fewer texts in this batch than processes: this one adds nothing
                 loss = torch.zeros((), device=device)
             else:
                 x, attention, y, counted = tensors
-                loss = alignment_loss(t.adapter(x, attention), y, counted, config.loss, denominator=total)
+                loss = alignment_loss(t.adapter(x, attention), y, counted, self.config.loss, denominator=total)
             steps.append((loss, t.optimizer, t.scheduler, list(t.adapter.parameters())))
         # every window's gradients in one all-reduce per step
-        totals = distributed.data_parallel_steps(steps, config.grad_clip)
-        return {f"w{window}": round(loss.item(), 4) for window, loss in zip(trainers, totals, strict=True)}
+        totals = distributed.data_parallel_steps(steps, self.config.grad_clip)
+        return {f"w{window}": round(loss.item(), 4) for window, loss in zip(self.trainers, totals, strict=True)}
 
-    def end_epoch(epoch: int) -> None:
-        for window, t in trainers.items():
+    def end_epoch(self, epoch: int) -> None:
+        """Held-out scores of every window; a window's best epoch so far is saved as its adapter."""
+        for window, t in self.trainers.items():
             check_finite_parameters(t.adapter.parameters(), f"adapter w{window}")  # never saved as best
-        scores = _evaluate_streamed({w: t.adapter for w, t in trainers.items()}, stream, val_chunks, ctx)
-        for window, t in trainers.items():
+        scores = _evaluate_streamed(self.adapters(), self.data.stream, self.data.val_chunks, self.ctx)
+        for window, t in self.trainers.items():
             metrics = scores[window]
             t.history.append({"epoch": epoch + 1, "val_mse": metrics["mse"], "val_cosine": metrics["cosine"]})
             if not t.best or metrics["mse"] < t.best["val_mse"]:
                 t.best = {"epoch": epoch + 1, "val_mse": metrics["mse"], "val_cosine": metrics["cosine"]}
-                if ctx.is_main:
-                    t.adapter.save_pretrained(out / f"w{window}", metadata=_adapter_metadata(config, t, extra))
+                if self.ctx.is_main:
+                    t.adapter.save_pretrained(
+                        self.out / f"w{window}", metadata=_adapter_metadata(self.config, t, self.extra)
+                    )
 
-    loop = ResumableLoop(
-        config.epochs,
-        plan,
-        lambda epoch, batch, step: _save_checkpoint(out, trainers, epoch, batch, step, extra, ctx.world_size),
-        start_epoch=start_epoch,
-        start_batch=start_batch,
-        start_step=step,
-        checkpoint_every=config.checkpoint_every,
-        stop_after_steps=stop_after_steps,
-        description=f"aligning w{','.join(map(str, trainers))}",
-        show_progress=progress,
-    )
-
-    def converged() -> bool:
-        return config.patience is not None and all(
-            stalled_epochs(t.history, config.min_delta) >= config.patience for t in trainers.values()
+    def converged(self) -> bool:
+        patience = self.config.patience
+        return patience is not None and all(
+            stalled_epochs(t.history, self.config.min_delta) >= patience for t in self.trainers.values()
         )
 
-    finished = loop.run(train_step, end_epoch, converged)
-    stream.release()
-    if not finished:
-        distributed.barrier()  # the checkpoint is written when every process returns
-        return {"interrupted_at_step": loop.step}
+    def save_checkpoint(self, epoch: int, batch: int, step: int) -> None:
+        _save_checkpoint(self.out, self.trainers, epoch, batch, step, self.extra, self.ctx.world_size)
 
-    summary = _summarise(config, trainers, extra)
-    if ctx.is_main:
-        for window, t in trainers.items():  # refresh the saved metadata with the full history
-            best = AlignmentAdapter.from_pretrained(out / f"w{window}")
-            best.save_pretrained(out / f"w{window}", metadata=_adapter_metadata(config, t, extra))
-        write_json_atomic(out / SUMMARY_JSON, summary)
-        write_text_atomic(out / SUMMARY_MD, format_summary(summary))
-        plot_history(summary, out / "alignment_curves.png")
-        remove_own_files(out, CHECKPOINT_DIR, ["state.pt"])  # only what alad put there
-    distributed.barrier()
-    return summary
+    # -- after the last epoch ------------------------------------------------------------------------
+
+    def finish(self) -> dict[str, Any]:
+        """The summary (JSON, table, curves); the checkpoint is removed once the run is complete."""
+        out, config = self.out, self.config
+        summary = _summarise(config, self.trainers, self.extra)
+        if self.ctx.is_main:
+            for window, t in self.trainers.items():  # refresh the saved metadata with the full history
+                best = AlignmentAdapter.from_pretrained(out / f"w{window}")
+                best.save_pretrained(out / f"w{window}", metadata=_adapter_metadata(config, t, self.extra))
+            write_json_atomic(out / SUMMARY_JSON, summary)
+            write_text_atomic(out / SUMMARY_MD, format_summary(summary))
+            plot_history(summary, out / "alignment_curves.png")
+            remove_own_files(out, CHECKPOINT_DIR, ["state.pt"])  # only what alad put there
+        distributed.barrier()
+        return summary
 
 
 @torch.no_grad()
