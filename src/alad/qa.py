@@ -587,8 +587,6 @@ def merge_squad_train(
     return [*train, *kept], info
 
 
-
-
 def make_negatives(pool: Sequence[QAExample], setting: float, seed: int) -> tuple[list[QAExample], dict[str, Any]]:
     """Unanswerable questions made from the pool: an answerable question paired with another paragraph
     of its own article in which none of its answers occurs (as whole normalised words).
