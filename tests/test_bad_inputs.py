@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from tiny_tasks import write_corpus, write_ner_data, write_qa_data, write_recipe
+from tiny_tasks import write_corpus, write_ner_data, write_qa_data, write_recipe, write_squad_v1_data
 
 from alad.cli import main
 
@@ -95,6 +95,42 @@ def _corrupt_compressed(env: dict[str, Path]) -> Path:
 def _single_sentence(env: dict[str, Path]) -> Path:
     path = env["tmp"] / "one.txt"
     path.write_text("-DOCSTART- -X- -X- O\n\nthe NN B-NP O\nTeacher NN B-NP B-PER\n\n", encoding="utf-8")
+    return path
+
+
+def _squad_v1_folder(kind: str):
+    """SQuAD 1.1 folders: ``v1`` as it should be; ``v2-as-v1``: its dev file is really a SQuAD 2.0 file
+    with unanswerable questions."""
+
+    def make(env: dict[str, Path]) -> Path:
+        folder = write_squad_v1_data(env["tmp"] / f"squad-v1-{kind}")
+        if kind == "v2-as-v1":
+            shutil.copy(env["qa"] / "dev-v2.0.json", folder / "dev-v1.1.json")
+        return folder
+
+    return make
+
+
+def _squad_overlap(env: dict[str, Path]) -> Path:
+    """SQuAD 2.0 files whose train file also holds a dev article."""
+    folder = write_qa_data(env["tmp"] / "squad-overlap")
+    train = json.loads((folder / "train-v2.0.json").read_text())
+    train["data"].append(json.loads((folder / "dev-v2.0.json").read_text())["data"][2])
+    (folder / "train-v2.0.json").write_text(json.dumps(train))
+    return folder
+
+
+def _qa_recipe(env: dict[str, Path]) -> Path:
+    recipe = {
+        "task": "qa",
+        "data": f"squad:{_squad_overlap(env)}",
+        "eval_split": "dev",
+        "pairs": [{"name": "tiny", "student": str(env["bert"]), "teacher": str(env["bert"])}],
+        "windows": [1],
+        "profiles": {"quick": {"teachers_dir": str(env["tmp"] / "teachers")}},
+    }
+    path = env["tmp"] / "qa.yaml"
+    path.write_text(yaml.safe_dump(recipe))
     return path
 
 
@@ -220,6 +256,36 @@ ROWS = [
         "finetune --task qa --data squad:{qa} --doc-stride 500 --out {out}",
         "--doc-stride (500) must be smaller than --max-length (384)",
     ),
+    Row(
+        "finetune-qa-v1-eval-file-is-v2",
+        "finetune --task qa --data squad:{qa} --squad-v1-eval true --squad-v1 {v1} --out {out}",
+        "cannot be scored as SQuAD 1.1: 2 of its 5 questions are unanswerable",
+        files={"v1": _squad_v1_folder("v2-as-v1")},
+    ),
+    Row(
+        "finetune-qa-v11-data-for-v2-scoring",
+        "finetune --task qa --data squad:{v1} --out {out}",
+        "is a SQuAD 1.1 file (no question has an is_impossible field), but the evaluation split of --data is scored "
+        "with the official SQuAD 2.0 script",
+        files={"v1": _squad_v1_folder("v1")},
+    ),
+    Row(
+        "finetune-qa-eval-article-in-training",
+        "finetune --task qa --data squad:{overlap} --out {out}",
+        "1 article(s) of the evaluation split are also in the training pool (same title or paragraph): 'dev-article2'",
+        files={"overlap": _squad_overlap},
+    ),
+    Row(
+        "finetune-qa-max-length-short",
+        "finetune --task qa --student {bert} --data squad:{qa} --max-length 16 --doc-stride 4 --quiet --out {out}",
+        "--max-length 16 is too short for question",
+    ),
+    Row(
+        "finetune-squad-negatives-fraction",
+        "finetune --task qa --data squad:{qa} --squad-negatives 1.5 --out {out}",
+        "--squad-negatives is a share below 1 or a whole number per article, got 1.5",
+    ),
+    Row("finetune-squad-v1-for-ner", FT + " --squad-v1-train true --out {out}", "are for --task qa"),
     Row("finetune-head-only-no-adapter", FT + " --mode head-only --out {out}", "mode 'head-only' needs --adapter"),
     Row("finetune-unknown-format", FT + " --data csv:{ner} --out {out}", "unknown data format 'csv'"),
     Row("finetune-data-missing", FT + " --data conll2003:{tmp}/none --out {out}", "does not exist; check the path"),
@@ -334,6 +400,12 @@ ROWS = [
         "run {recipe} --out {out}",
         "modes: 'frozn' is not one of",
         files={"recipe": _recipe_edit(lambda d: d.update(modes=["frozn"]))},
+    ),
+    Row(
+        "run-qa-eval-article-in-training",
+        "run {recipe} --out {out} --quiet",
+        "article(s) of the evaluation split are also in the training pool",
+        files={"recipe": _qa_recipe},
     ),
     Row("run-out-user-folder", "run {recipe} --out {user}", "is not an alad run folder", files={"recipe": _recipe()}),
     # ------------------------------------------------------------------------------------- compress

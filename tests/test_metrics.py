@@ -17,6 +17,7 @@ from alad.evaluation.metrics import (
     no_answer_baseline,
     normalize_answer,
     pos_metrics,
+    squad_v1_metrics,
     squad_v2_metrics,
 )
 
@@ -362,3 +363,68 @@ def test_no_answer_baseline_fifty_fifty() -> None:
     assert m["f1"] == pytest.approx(50.0, abs=TOL)
     assert m["HasAns_exact"] == 0.0 and m["NoAns_exact"] == 100.0
     assert m["total"] == 4
+
+
+# --------------------------------------------------------------------------------------------------
+# SQuAD 1.1 (official evaluate-v1.1.py) on hand-made files
+
+
+def _squad_file(tmp_path, name: str, version: str, qas: list[dict]) -> list:
+    import json
+
+    from alad.data.readers import read_squad
+
+    context = "The Normans were in Normandy in the 10th and 11th centuries."
+    doc = {"version": version, "data": [{"title": "Normans", "paragraphs": [{"context": context, "qas": qas}]}]}
+    for qa in qas:
+        for answer in qa["answers"]:
+            answer["answer_start"] = context.index(answer["text"])
+    path = tmp_path / name
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return read_squad(path)
+
+
+def test_squad_v1_metrics_on_a_hand_made_v11_file(tmp_path) -> None:
+    from alad.tasks.squad import gold_answers
+
+    examples = _squad_file(
+        tmp_path,
+        "dev-v1.1.json",
+        "1.1",
+        [
+            {"id": "q1", "question": "Where?", "answers": [{"text": "Normandy"}, {"text": "in Normandy"}]},
+            {"id": "q2", "question": "When?", "answers": [{"text": "10th and 11th centuries"}]},
+            {"id": "q3", "question": "Who?", "answers": [{"text": "The Normans"}]},
+        ],
+    )
+    gold = gold_answers(examples)
+    pred = {"q1": "in Normandy", "q2": "the 10th century", "q3": "Normandy"}
+    scores = squad_v1_metrics(gold, pred)
+    # q1 exact (its second answer); q2 F1: tokens [10th, century] vs [10th, and, 11th, centuries]: P 1/2, R 1/4
+    f1_q2 = 2 * 0.5 * 0.25 / 0.75
+    assert scores == {"exact": pytest.approx(100 / 3), "f1": pytest.approx(100 * (1 + f1_q2 + 0) / 3), "total": 3}
+    assert squad_v1_metrics(gold, {q: answers[0] for q, answers in gold.items()})["exact"] == 100.0
+    # the 1.1 script has no special case for empty strings: an empty prediction scores 0 everywhere
+    assert squad_v1_metrics({"a": ["the"]}, {"a": ""}) == {"exact": 100.0, "f1": 0.0, "total": 1}
+    assert squad_v2_metrics({"a": ["the"]}, {"a": ""})["f1"] == 100.0  # where the 2.0 script differs
+    with pytest.raises(ValueError, match="without a prediction"):
+        squad_v1_metrics(gold, {"q1": "x"})
+
+
+def test_squad_v1_metrics_refuse_a_v20_file_with_unanswerable_questions(tmp_path) -> None:
+    from alad.tasks.squad import gold_answers
+
+    examples = _squad_file(
+        tmp_path,
+        "dev-v2.0.json",
+        "v2.0",
+        [
+            {"id": "a", "question": "Where?", "answers": [{"text": "Normandy"}], "is_impossible": False},
+            {"id": "b", "question": "Why?", "answers": [], "is_impossible": True},
+        ],
+    )
+    gold = gold_answers(examples)
+    v2 = squad_v2_metrics(gold, {"a": "Normandy", "b": ""})
+    assert (v2["exact"], v2["HasAns_exact"], v2["NoAns_exact"]) == (100.0, 100.0, 100.0)
+    with pytest.raises(ValueError, match=r"1 question\(s\) without a gold answer, e.g. \['b'\].*no 'no answer' option"):
+        squad_v1_metrics(gold, {"a": "Normandy", "b": "Normandy"})

@@ -6,6 +6,7 @@ dev file with the packaged MiniLM tokenizer and is skipped with a message where 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -16,14 +17,22 @@ import torch
 from alad.data.readers import QAExample, read_squad
 from alad.evaluation.metrics import normalize_answer, squad_v2_metrics
 from alad.tasks.squad import (
+    MIN_CONTEXT_TOKENS,
     QAFeature,
     apply_null_threshold,
+    check_disjoint_by_article,
+    check_question_room,
+    check_squad_v1_scorable,
     collate_qa,
     decode_qa,
     gold_answers,
     labelled_answer_text,
+    make_negatives,
+    merge_squad_train,
+    pool_summary,
     prepare_qa_features,
     split_squad_by_article,
+    squad_v1_eval_set,
     subsample_examples,
 )
 
@@ -162,8 +171,30 @@ def test_long_question_is_cut_with_a_warning(tokenizer, caplog):
 
 
 def test_no_room_for_context_raises(tokenizer):
-    with pytest.raises(ValueError, match="doc_stride"):
-        prepare_qa_features(EXAMPLES[:1], tokenizer, max_length=20, doc_stride=8, max_question_tokens=12)
+    long_q = _ex("long-q", " ".join(["what did the quick brown fox do"] * 4) + "?", "the lazy dog")
+    n_special = tokenizer.num_special_tokens_to_add(pair=True)
+    needed = 12 + n_special + 9  # the question cut to 12 tokens, the specials, more than doc_stride context tokens
+    with pytest.raises(ValueError, match=rf"question long-q \(\d+ tokens, cut to 12.* = {needed}; pass --max-length"):
+        prepare_qa_features([*EXAMPLES[:1], long_q], tokenizer, max_length=20, doc_stride=8, max_question_tokens=12)
+    with pytest.raises(ValueError, match=r"more than --doc-stride 8"):
+        check_question_room([long_q], tokenizer, max_length=needed - 1, doc_stride=8, max_question_tokens=12)
+    check_question_room([long_q], tokenizer, max_length=needed, doc_stride=8, max_question_tokens=12)  # fits
+
+
+def test_room_is_checked_against_the_longest_question_not_the_cut(tokenizer):
+    """Short questions leave room that the cut length would not: max_length only has to fit the data."""
+    q_len = max(len(tokenizer(ex.question, add_special_tokens=False)["input_ids"]) for ex in EXAMPLES)
+    n_special = tokenizer.num_special_tokens_to_add(pair=True)
+    fits = q_len + n_special + MIN_CONTEXT_TOKENS
+    assert fits < 64 + n_special + 1  # the old fixed rule (64 question tokens) would have refused it
+    feats = prepare_qa_features(EXAMPLES, tokenizer, max_length=fits, doc_stride=4)
+    assert feats and all(len(f.input_ids) <= fits for f in feats)
+    with pytest.raises(ValueError, match=rf"--max-length {fits - 1} is too short for question"):
+        prepare_qa_features(EXAMPLES, tokenizer, max_length=fits - 1, doc_stride=4)
+    with pytest.raises(
+        ValueError, match=r"the model's maximum length 30 is too short.*use a model with more positions"
+    ):
+        check_question_room(EXAMPLES, tokenizer, max_length=min(fits - 1, 30), doc_stride=29, model_limit=30)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,6 +350,156 @@ def test_subsample_examples():
     assert positions == sorted(positions)
     assert subsample_examples(examples, 100, seed=1) == examples
     assert subsample_examples(examples, 7, seed=2) != sample
+
+
+# --------------------------------------------------------------------------------------------------
+# the training pool (SQuAD 1.1 train, negatives) and the evaluation sets
+
+PARAS = {  # article -> its paragraphs; every answer occurs in its own paragraph only
+    "Cats": ["the cat sat on the mat .", "a dog ran in the park .", "birds sing in the tree ."],
+    "Rivers": ["the river runs to the sea .", "water is blue at night ."],
+    "Solo": ["one paragraph only here ."],
+}
+
+
+def _q(qid: str, title: str, p: int, question: str, answer: str | None) -> QAExample:
+    context = PARAS[title][p]
+    if answer is None:
+        return QAExample(qid, title, context, question, [], True)
+    return QAExample(qid, title, context, question, [(answer, context.index(answer))], False)
+
+
+POOL = [
+    _q("c1", "Cats", 0, "who sat?", "the cat"),
+    _q("c2", "Cats", 0, "where?", "on the mat"),
+    _q("c3", "Cats", 1, "who ran?", "a dog"),
+    _q("c4", "Cats", 2, "who sings?", "birds"),
+    _q("c5", "Cats", 1, "who flew?", None),
+    _q("r1", "Rivers", 0, "what runs?", "the river"),
+    _q("r2", "Rivers", 1, "when blue?", "at night"),
+    _q("s1", "Solo", 0, "how many?", "one paragraph"),
+]
+
+
+def test_merge_keeps_each_paragraph_once():
+    v2 = [POOL[0], POOL[4], POOL[5]]  # Cats paragraphs 0 and 1, Rivers paragraph 0
+    v1 = [POOL[0], POOL[1], POOL[2], POOL[3], POOL[5], POOL[6], POOL[7]]  # the 1.1 file: every answerable one
+    merged, info = merge_squad_train(v2, v1)
+    assert merged[:3] == v2  # the SQuAD 2.0 version first, as it is
+    # Cats 0 and 1 and Rivers 0 are already there: their 1.1 questions (c1, c2, c3, r1) are dropped
+    assert [ex.id for ex in merged[3:]] == ["c4", "r2", "s1"]
+    assert info["duplicate_paragraphs"] == 3 and info["duplicate_questions_dropped"] == 4
+    assert info["duplicate_articles"] == 2 and info["file_articles"] == 3 and info["file_questions"] == 7
+    assert info["added"] == {"articles": 3, "paragraphs": 3, "questions": 3, "answerable": 3, "unanswerable": 0}
+    assert len({ex.id for ex in merged}) == len(merged)
+    clash = [dataclasses.replace(POOL[6], id="c1")]  # one id, two paragraphs
+    with pytest.raises(ValueError, match=r"question id\(s\) \['c1'\] are in both training files"):
+        merge_squad_train(v2, clash)
+
+
+def test_pool_summary_counts():
+    assert pool_summary(POOL) == {"articles": 3, "paragraphs": 6, "questions": 8, "answerable": 7, "unanswerable": 1}
+
+
+def _check_negatives(pool, negatives):
+    by_id = {ex.id: ex for ex in pool}
+    for neg in negatives:
+        source = by_id[neg.id.removesuffix("-neg")]
+        assert neg.is_impossible and neg.answers == []
+        assert neg.question == source.question and neg.title == source.title  # same article
+        assert neg.context in PARAS[source.title] and neg.context != source.context  # another of its paragraphs
+        assert all(normalize_answer(a) not in normalize_answer(neg.context) for a, _ in source.answers)
+
+
+def test_negatives_per_article():
+    negatives, info = make_negatives(POOL, 2, seed=0)
+    _check_negatives(POOL, negatives)
+    # two per article with another paragraph (Cats, Rivers); Solo has one paragraph: none
+    assert sorted({ex.title for ex in negatives}) == ["Cats", "Rivers"]
+    assert sum(ex.title == "Cats" for ex in negatives) == 2 and sum(ex.title == "Rivers" for ex in negatives) == 2
+    assert info["made"] == 4 and info["state"] == "on" and info["skipped_every_paragraph_holds_the_answer"] == 0
+    assert make_negatives(POOL, 2, seed=0) == (negatives, info)  # seeded
+    assert len(make_negatives(POOL, 100, seed=0)[0]) == 6  # at most every answerable question of those articles
+    assert {ex.id for ex in negatives} & {ex.id for ex in POOL} == set()
+
+
+def test_negatives_share_and_off():
+    negatives, info = make_negatives(POOL, 0.5, seed=3)
+    _check_negatives(POOL, negatives)
+    assert len(negatives) == info["made"] == round(0.5 * 7) == 4  # half of the 7 answerable questions
+    assert make_negatives(POOL, 0.0, seed=3) == ([], {"setting": 0, "made": 0, "state": "off"})
+
+
+def test_negatives_skip_a_question_whose_answer_is_everywhere():
+    paras = ["the cat sat .", "the cat ran ."]
+    pool = [
+        QAExample("x", "T", paras[0], "who sat?", [("cat", 4)], False),
+        QAExample("y", "T", paras[1], "?", [], True),
+    ]
+    negatives, info = make_negatives(pool, 1, seed=0)
+    assert negatives == [] and info["skipped_every_paragraph_holds_the_answer"] == 1 and info["made"] == 0
+
+
+def test_squad_v1_eval_set_leaves_out_squad_v2_dev_articles():
+    v1_dev = [
+        _q("a", "Cats", 0, "who sat?", "the cat"),
+        _q("b", "Rivers", 0, "what runs?", "the river"),
+        QAExample("c", "Renamed", PARAS["Solo"][0], "how many?", [("one", 0)], False),  # same paragraph, new title
+    ]
+    v2_dev = [_q("d", "Rivers", 1, "when?", None), QAExample("e", "Other", PARAS["Solo"][0], "?", [], True)]
+    kept, info = squad_v1_eval_set(v1_dev, v2_dev)
+    assert [ex.id for ex in kept] == ["a"]  # Rivers by title, Renamed by its paragraph
+    assert info["dev_articles"] == 3 and info["left_out_in_squad_v2_dev"] == 2
+    assert (info["articles"], info["questions"], info["titles"]) == (1, 1, ["Cats"])
+
+
+def test_check_disjoint_by_article_names_the_articles():
+    train = [POOL[0], POOL[5]]
+    check_disjoint_by_article(train, {"eval": [POOL[7]]})  # Solo is not in training
+    with pytest.raises(ValueError, match=r"^1 article\(s\) of the dev set are also in the training pool.*'Rivers'"):
+        check_disjoint_by_article(train, {"eval": [POOL[7]], "the dev set": [POOL[6], POOL[7]]})
+    moved = QAExample("z", "Elsewhere", PARAS["Cats"][0], "?", [], True)  # another title, a training paragraph
+    with pytest.raises(ValueError, match="'Elsewhere'") as info:
+        check_disjoint_by_article(train, {"x": [moved]})
+    assert "\n" not in str(info.value)
+
+
+def test_squad_v1_scoring_refuses_unanswerable_questions():
+    check_squad_v1_scorable([POOL[0], POOL[1]], "f.json")
+    with pytest.raises(ValueError, match=r"f.json cannot be scored as SQuAD 1.1: 1 of its 2 questions .*e.g. c5"):
+        check_squad_v1_scorable([POOL[0], POOL[4]], "f.json")
+
+
+def test_squad_v1_scoring_never_predicts_null(bert_dir, monkeypatch):
+    """Where the null span wins everywhere, SQuAD 2.0 scoring abstains but SQuAD 1.1 scoring answers."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from alad.tasks import get_task
+    from alad.tasks import question_answering as qa_task
+
+    def null_wins(model, task, features, **kwargs):
+        out = []
+        for f in features:
+            logits = torch.zeros(len(f.input_ids), 2)
+            logits[0] = 50.0  # "no answer" scores 100, far above any span
+            if f.end_position:
+                logits[f.start_position, 0] = logits[f.end_position, 1] = 5.0
+            out.append(logits)
+        return out
+
+    monkeypatch.setattr(qa_task, "batched_logits", null_wins)
+    model = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(bert_dir), max_length=64)
+    config = SimpleNamespace(max_length=64, doc_stride=16, max_answer_length=30)
+    items = [ex for ex in EXAMPLES if not ex.is_impossible]
+    task = get_task("qa")
+    v2 = task.evaluate(model, items, config)
+    assert v2["exact"] == v2["f1"] == 0.0  # every question abstained
+    v1 = task.evaluate_extra("squad_v1_eval", model, items, config)
+    assert (v1["exact"], v1["f1"], v1["total"]) == (100.0, 100.0, len(items))
+    predictions, na = task.predict(model, items, config)
+    assert all(predictions.values()) and all(score > 0 for score in na.values())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny_tasks import MODES, save_tiny_bert, write_qa_data, write_recipe
+from tiny_tasks import MODES, save_tiny_bert, write_qa_data, write_recipe, write_squad_v1_data
 
 import alad.finetuning.trainer as finetune_module
 from alad.alignment.cache import corpus_hash
@@ -250,6 +250,8 @@ def test_qa_recipe_aligns_on_question_context_pairs(bert_dir, sentences, tmp_pat
     recipe = {
         "task": "qa",
         "data": f"squad:{data}",
+        "squad_v1": str(write_squad_v1_data(tmp_path / "squad_v1.1")),
+        "squad_v1_eval": True,  # every row on the SQuAD 1.1 set too
         "eval_split": "dev",
         "pairs": [{"name": "tiny", "student": {"compress": str(teacher), "keep_layers": [0]}, "teacher": str(teacher)}],
         "corpus": str(tmp_path / "corpus.txt"),
@@ -281,6 +283,14 @@ def test_qa_recipe_aligns_on_question_context_pairs(bert_dir, sentences, tmp_pat
     ]
     for row in results["rows"]:
         assert {"exact", "f1", "HasAns_f1", "NoAns_f1"} <= set(row) and row["main"] == row["f1"]
+        assert 0.0 <= row["v1.1_exact"] <= row["v1.1_f1"] <= 100.0
+    teacher_run = Path(results["rows"][0]["model_dir"]).parent
+    v1 = json.loads((teacher_run / "metrics.json").read_text())["squad_v1_eval"]
+    assert (results["rows"][0]["v1.1_exact"], results["rows"][0]["v1.1_f1"]) == (v1["exact"], v1["f1"])
+    markdown = (tmp_path / "run" / "results.md").read_text()
+    assert "| best_f1 | v1.1_exact | v1.1_f1 | params |" in markdown
+    assert "SQuAD 1.1 dev articles not in SQuAD 2.0 dev: 1 articles, 2 questions (2 evaluated); scoring: " in markdown
+    assert "Training and evaluation disjoint by article: checked." in markdown
     # stage 2 aligned on the questions and contexts as the QA model reads them: one pair per question
     train = load_splits(FinetuneConfig(task="qa", data=f"squad:{data}", eval_split="dev", max_train=None)).train
     saved = json.loads((tmp_path / "run" / "tiny" / "stage2" / "run_config.json").read_text())
@@ -315,6 +325,50 @@ def test_recipe_stage_options_take_the_adapter_type_and_are_checked():
         check_recipe({"windows": [3], "stage1": {"adapter_type": "lstm"}})
     with pytest.raises(ValueError, match=r"attention_dim \(8\) must be divisible by attention_heads \(3\)"):
         check_recipe({**recipe, "stage2": {"attention_heads": 3}})
+
+
+@pytest.mark.parametrize("profile", ["quick", "full"])
+def test_qa_config_profiles_accept_the_real_squad_pool(profile, tmp_path):
+    """configs/qa_squad2.yaml against the real shared files: reading and splitting only, no model."""
+    from alad.data.sources import shared_data_dir
+    from alad.recipes.runner import _context, _finetune_config, check_recipe, stage2_texts
+
+    root = shared_data_dir()
+    needed = ["squad_v2/dev-v2.0.json", "squad_v2/train-v2.0.first10articles.json", "squad_v1.1/train-v1.1.json"]
+    if root is None or not all((root / n).is_file() for n in needed + ["squad_v1.1/dev-v1.1.json"]):
+        pytest.skip("the shared SQuAD 1.1 / 2.0 files are not here (set ALAD_SHARED_DATA)")
+    config = load_run_config(Path(__file__).parents[1] / "configs" / "qa_squad2.yaml", profile)
+    check_recipe(config)
+    teacher = _finetune_config(
+        config, stage3=False, student="t", adapter=None, mode="joint", **config["teacher_finetune"]
+    )
+    ctx = _context(config, tmp_path / "run", False, "cpu", None)  # what `alad run` checks before any work
+    assert not (tmp_path / "run").exists()
+    info, splits = ctx.splits.info, ctx.splits
+    # 442 SQuAD 1.1 articles (10 of them the SQuAD 2.0 train articles, kept once) + 15 moved dev articles
+    assert info["squad_v1_train"]["file_questions"] == 87599 and info["squad_v1_train"]["file_articles"] == 442
+    assert info["squad_v1_train"]["duplicate_articles"] == 10
+    assert info["pool"] == {
+        "articles": 457,
+        "paragraphs": 18197 + 694 + 523,  # SQuAD 1.1 train (694 of them also in SQuAD 2.0 train), moved dev
+        "questions": 93105,
+        "answerable": 93105 - 2891,
+        "unanswerable": 2891,
+        "negatives_made": 0,
+    }
+    assert info["squad_negatives"]["state"] == "off" and len(splits.pool) == 93105
+    sets = info["evaluation_sets"]
+    assert (sets["evaluation"]["articles"], sets["evaluation"]["questions"]) == (20, 6709)
+    assert (sets["squad_v1_eval"]["articles"], sets["squad_v1_eval"]["questions"]) == (13, 4557)
+    assert sets["squad_v1_eval"]["unanswerable"] == 0 and info["disjoint_by_article"] == "checked"
+    evaluated = 1000 if profile == "quick" else None
+    assert len(splits.eval) == (evaluated or 6709) and len(splits.extra_eval["squad_v1_eval"]) == (evaluated or 4557)
+    assert len(splits.train) == (4000 if profile == "quick" else 93105)
+    assert teacher.max_train == (22000 if profile == "quick" else None) and teacher.squad_v1_train
+    assert len(stage2_texts(ctx)) == (10000 if profile == "quick" else 93105)
+    assert {p["name"] for p in config["pairs"]} >= (
+        {"minilm-l2-to-minilm-l6"} if profile == "quick" else {"minilm-l2-to-minilm-l6", "minilm-l6-to-mpnet"}
+    )
 
 
 # --------------------------------------------------------------------------------------------------

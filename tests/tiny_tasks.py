@@ -142,35 +142,94 @@ QA_TRAIN = [
     (2, "where did the birds sit ?", None),
     (3, "where does the old dog run ?", "to the park"),
 ]
+# the dev set's own articles: training and evaluation are disjoint by article (alad checks it)
+QA_DEV_CONTEXTS = [
+    "the small dog runs to the river every night .",
+    "a red bird sat on the house in the evening .",
+    "the teacher reads a short book by the road .",
+    "people play football in the big park at night .",
+]
 QA_DEV = [
-    (3, "what runs to the park ?", "the old dog"),
-    (0, "what sat on the mat ?", "the cat"),
-    (1, "what does the student read ?", "a long book"),
-    (2, "who sat on the tree ?", None),
-    (3, "who reads music ?", None),
+    (0, "what runs to the river ?", "the small dog"),
+    (1, "what sat on the house ?", "a red bird"),
+    (2, "what does the teacher read ?", "a short book"),
+    (3, "who sat on the tree ?", None),
+    (0, "who reads music ?", None),
+]
+
+# SQuAD 1.1 (no is_impossible field): train repeats the SQuAD 2.0 train article "article0" (same title
+# and context, answerable questions only, as the real files do) and adds "v1-article0" with two
+# paragraphs; dev has one article of its own and one that is also in the SQuAD 2.0 dev set.
+QA_V1_CONTEXTS = [
+    "the old teacher walked to the city in the morning .",
+    "a green fox ran over the road at night .",
+    "the student saw water in the big tree .",
+]
+QA_V1_TRAIN = [  # (article title, context, question, answer)
+    ("article0", QA_CONTEXTS[0], "where was the cat ?", "on the mat"),
+    ("article0", QA_CONTEXTS[0], "when was the cat on the mat ?", "in the morning"),
+    ("v1-article0", QA_V1_CONTEXTS[0], "who walked to the city ?", "the old teacher"),
+    ("v1-article0", QA_V1_CONTEXTS[0], "where did the teacher walk ?", "to the city"),
+    ("v1-article0", QA_V1_CONTEXTS[1], "what ran over the road ?", "a green fox"),
+    ("v1-article0", QA_V1_CONTEXTS[1], "when did the fox run ?", "at night"),
+]
+QA_V1_DEV = [
+    ("v1-dev-article0", QA_V1_CONTEXTS[2], "who saw water ?", "the student"),
+    ("v1-dev-article0", QA_V1_CONTEXTS[2], "where was the water ?", "in the big tree"),
+    ("dev-article1", QA_DEV_CONTEXTS[1], "what sat on the house ?", "a red bird"),
 ]
 
 
-def _squad(questions, prefix: str) -> dict:
+def _squad(questions, prefix: str, contexts=QA_CONTEXTS, title: str = "article") -> dict:
     paragraphs: dict[int, list] = {}
     for i, (ctx, question, answer) in enumerate(questions):
-        context = QA_CONTEXTS[ctx]
+        context = contexts[ctx]
         qa = {"id": f"{prefix}{i}", "question": question, "answers": [], "is_impossible": answer is None}
         if answer is not None:
             qa["answers"] = [{"text": answer, "answer_start": context.index(answer)}]
         paragraphs.setdefault(ctx, []).append(qa)
     data = [
-        {"title": f"article{ctx}", "paragraphs": [{"context": QA_CONTEXTS[ctx], "qas": qas}]}
+        {"title": f"{title}{ctx}", "paragraphs": [{"context": contexts[ctx], "qas": qas}]}
         for ctx, qas in sorted(paragraphs.items())
     ]
     return {"version": "v2.0", "data": data}
 
 
 def write_qa_data(folder: Path) -> Path:
-    """``train-v2.0.json`` and ``dev-v2.0.json`` in SQuAD 2.0 format."""
+    """``train-v2.0.json`` and ``dev-v2.0.json`` in SQuAD 2.0 format, disjoint by article."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "train-v2.0.json").write_text(json.dumps(_squad(QA_TRAIN, "t")), encoding="utf-8")
-    (folder / "dev-v2.0.json").write_text(json.dumps(_squad(QA_DEV, "d")), encoding="utf-8")
+    dev = _squad(QA_DEV, "d", QA_DEV_CONTEXTS, "dev-article")
+    (folder / "dev-v2.0.json").write_text(json.dumps(dev), encoding="utf-8")
+    return folder
+
+
+def squad_v1_doc(questions, prefix: str) -> dict:
+    """SQuAD 1.1 JSON of ``(title, context, question, answer)`` rows: no is_impossible field."""
+    articles: dict[str, dict[str, list]] = {}
+    for i, (title, context, question, answer) in enumerate(questions):
+        qa = {
+            "id": f"{prefix}{i}",
+            "question": question,
+            "answers": [{"text": answer, "answer_start": context.index(answer)}],
+        }
+        articles.setdefault(title, {}).setdefault(context, []).append(qa)
+    data = [
+        {"title": title, "paragraphs": [{"context": c, "qas": qas} for c, qas in paragraphs.items()]}
+        for title, paragraphs in articles.items()
+    ]
+    return {"version": "1.1", "data": data}
+
+
+def write_squad_v1_data(folder: Path) -> Path:
+    """``train-v1.1.json`` and ``dev-v1.1.json`` in SQuAD 1.1 format (see QA_V1_TRAIN, QA_V1_DEV)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    train = squad_v1_doc(QA_V1_TRAIN, "v1t")
+    # the paragraph shared with SQuAD 2.0 train keeps its question ids there, as in the real files
+    for qa, qid in zip(train["data"][0]["paragraphs"][0]["qas"], ("t0", "t1"), strict=True):
+        qa["id"] = qid
+    (folder / "train-v1.1.json").write_text(json.dumps(train), encoding="utf-8")
+    (folder / "dev-v1.1.json").write_text(json.dumps(squad_v1_doc(QA_V1_DEV, "v1d")), encoding="utf-8")
     return folder
 
 

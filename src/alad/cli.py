@@ -220,6 +220,12 @@ def format_metrics(result: dict[str, Any]) -> str:
             + ", ".join(f"batch {b}: {v['median_ms']:.1f} ms" for b, v in result["latency"].items())
         )
     lines.append(get_task(result["task"]).format_details(result["metrics"]))
+    v1 = result.get("squad_v1_eval")
+    if v1:
+        lines.append(
+            f"SQuAD 1.1 dev articles not in SQuAD 2.0 dev ({v1['articles']} articles, {v1['total']} questions; "
+            f"official 1.1 scoring, best non-null span): EM {v1['exact']:.2f}, F1 {v1['f1']:.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -228,11 +234,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from alad.export import OnnxTaskModel, load_for_inference
     from alad.export.onnx import session_latency
     from alad.finetuning.trainer import evaluate_task_model, headline, load_splits, task_model_latency
+    from alad.tasks import get_task
 
     model, config = load_for_inference(args.run)  # a run folder, or an ONNX export folder (onnxruntime)
     config = dataclasses.replace(config, eval_split=args.split, max_eval=args.max_eval)
-    items = load_splits(config).eval
-    metrics = evaluate_task_model(model, items, config, show_progress=not args.quiet)
+    if args.squad_v1_eval is not None:  # QA: the SQuAD 1.1 evaluation set too (or not), whatever the run said
+        config = dataclasses.replace(config, squad_v1_eval=args.squad_v1_eval)
+    splits = load_splits(config)
+    task = get_task(config.task)
+    task.check_inputs(model, [*splits.eval, *(x for s in splits.extra_eval.values() for x in s)], config)
+    metrics = evaluate_task_model(model, splits.eval, config, show_progress=not args.quiet)
+    extra = {
+        name: task.evaluate_extra(name, model, items, config, show_progress=not args.quiet)
+        for name, items in splits.extra_eval.items()  # QA with squad_v1_eval: the SQuAD 1.1 set too
+    }
     result = {
         "task": config.task,
         "mode": config.mode,
@@ -242,6 +257,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "params_total": model.num_parameters(),
         "params_trained": 0,
         "latency": session_latency(model) if isinstance(model, OnnxTaskModel) else task_model_latency(model),
+        **extra,
     }
     print(format_metrics(result))
     return 0
@@ -405,6 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("run", help="fine-tuning run folder")
     p_eval.add_argument("--split", default="test", help="train, dev or test (default: test)")
     p_eval.add_argument("--max-eval", type=int, default=None, help="seeded subset size (default: all)")
+    p_eval.add_argument(
+        "--squad-v1-eval",
+        default=None,
+        type=lambda text: _parse_value(text, bool, "squad-v1-eval"),
+        metavar="BOOL",
+        help="qa: also score the SQuAD 1.1 dev articles not in SQuAD 2.0 dev (official 1.1 scoring); default: as the "
+        "run was configured",
+    )
     p_eval.add_argument("--quiet", action="store_true", help="no progress bars")
     p_eval.set_defaults(func=_cmd_evaluate)
 

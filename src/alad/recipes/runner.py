@@ -227,6 +227,12 @@ def _row(name: str, kind: str, result: dict, task: str, model_dir: Path, timed: 
             if "no_answer_baseline" in result["metrics"]
             else {}
         ),
+        # QA with squad_v1_eval: the SQuAD 1.1 dev articles, official 1.1 scoring
+        **(
+            {"v1.1_exact": result["squad_v1_eval"]["exact"], "v1.1_f1": result["squad_v1_eval"]["f1"]}
+            if "squad_v1_eval" in result
+            else {}
+        ),
         **extra,
     }
 
@@ -426,8 +432,11 @@ def _context(config: dict, out: Path, show_progress: bool, device: str, labels) 
     main = len(splits.train) if len(splits.train) in budgets else budgets[-1]
     extra = read_extra_texts(config["extra_texts"]) if config.get("extra_texts") else []
     stage2 = config.get("stage2_texts", "all")
-    if stage2 not in ("all", "labelled") and not Path(str(stage2)).is_file():
-        raise ValueError(f"stage2_texts must be all, labelled or a text file; {stage2!r} is none of these")
+    counted = type(stage2) is int and stage2 >= 1  # a number of items of the training split
+    if not counted and stage2 not in ("all", "labelled") and not Path(str(stage2)).is_file():
+        raise ValueError(
+            f"stage2_texts must be all, labelled, a number of items or a text file; {stage2!r} is none of these"
+        )
     return _Context(
         config=config,
         out=out,
@@ -621,14 +630,17 @@ def _random_adapter(ctx: _Context, pair_dir: Path, adapter_dir: Path, window: in
 
 
 def stage2_texts(ctx: _Context) -> list:
-    """Stage 2's unlabelled text: the whole training split (default), the labelled subset, or a file;
-    plus the config's ``extra_texts``. Labels are never read."""
+    """Stage 2's unlabelled text: the whole training split (default), the labelled subset, a number of
+    its items (``order``'s first N: the labelled ones, then seeded), or a file; plus the config's
+    ``extra_texts``. Labels are never read."""
     task = get_task(ctx.task)
     choice = ctx.config.get("stage2_texts", "all")
     if choice == "all":
         texts = task.alignment_texts(ctx.splits.pool)
     elif choice == "labelled":
         texts = task.alignment_texts(ctx.splits.with_budget(ctx.main_budget).train)
+    elif type(choice) is int:  # N items: the labelled ones first, then the seeded order of the rest (labels unread)
+        texts = task.alignment_texts([ctx.splits.pool[i] for i in sorted(ctx.splits.order[:choice])])
     else:
         texts = read_extra_texts(choice)
     return list(texts) + list(ctx.extra_texts)
@@ -795,6 +807,10 @@ def format_results(results: dict) -> str:
     params, latency, cosine, recovery), the label sweep and the stage-3 comparison."""
     task = get_task(results["task"])
     cols = list(task.columns)
+    extra_cols = [c for c in EXTRA_COLUMNS if any(c in r for r in results["rows"])]  # QA: v1.1 EM / F1
+    if extra_cols:
+        cols += extra_cols
+        results = {**results, "rows": [{**dict.fromkeys(extra_cols, float("nan")), **r} for r in results["rows"]]}
     info = results["data"]
     config = results["config"]
     main = results.get("main_labels", info["train_items"])
@@ -815,6 +831,7 @@ def format_results(results: dict) -> str:
     if "article_split" in info:
         split = info["article_split"]
         lines.append(f"Article split (seeded): {json.dumps({k: v for k, v in split.items() if 'titles' not in k})}")
+    lines += _evaluation_sets_lines(info)
     baseline = next((r.get("no_answer_baseline") for r in results["rows"] if r.get("no_answer_baseline")), None)
     if baseline:
         lines.append(
@@ -850,6 +867,39 @@ def format_results(results: dict) -> str:
         "evaluation texts).",
     ]
     return "\n".join(lines) + "\n"
+
+
+EXTRA_COLUMNS = ("v1.1_exact", "v1.1_f1")  # shown where rows have them (QA with squad_v1_eval)
+
+
+def _evaluation_sets_lines(info: dict) -> list[str]:
+    """QA: the training pool and the evaluation sets, as load_splits recorded them."""
+    lines = []
+    pool = info.get("pool")
+    if pool:
+        negatives = info.get("squad_negatives") or {}
+        v1 = info.get("squad_v1_train")
+        lines.append(
+            f"Training pool: {pool['articles']} articles, {pool['questions']} questions ({pool['answerable']} "
+            f"answerable, {pool['unanswerable']} unanswerable)"
+            + (
+                f"; SQuAD 1.1 train added ({v1['duplicate_articles']} articles already in the SQuAD 2.0 train file "
+                "kept once)"
+                if v1
+                else ""
+            )
+            + f"; negatives: {negatives.get('made', 0) if negatives.get('state') == 'on' else 'off'}.  "
+        )
+    for name, described in (info.get("evaluation_sets") or {}).items():
+        label = "SQuAD 1.1 dev articles not in SQuAD 2.0 dev" if name == "squad_v1_eval" else "Evaluation split"
+        evaluated = described.get("evaluated", info.get("eval_items"))
+        lines.append(
+            f"{label}: {described['articles']} articles, {described['questions']} questions "
+            f"({evaluated} evaluated); scoring: {described['scoring']}.  "
+        )
+    if info.get("disjoint_by_article"):
+        lines.append(f"Training and evaluation disjoint by article: {info['disjoint_by_article']}.  ")
+    return lines
 
 
 def _latency_note(latency: dict | None) -> str:

@@ -96,6 +96,31 @@ class Task:
         """Re-split training and evaluation items where the task needs it (e.g. SQuAD by article)."""
         return train, evaluation, {}
 
+    def check_source(self, source: Any, split: str, role: str) -> None:
+        """Refuse a data file of the wrong kind for what is done with it (QA: a SQuAD 1.1 file where the
+        SQuAD 2.0 scoring is asked), before it is read into items."""
+
+    def evaluation_sets(
+        self, train: list, evaluation: list, loaded_eval: list, config: Any
+    ) -> tuple[dict[str, list], dict[str, Any]]:
+        """Further evaluation sets by name (see :meth:`evaluate_extra`) and what to record about every
+        evaluation set; ``loaded_eval`` is the evaluation split as read, before :meth:`split_pool`."""
+        return {}, {}
+
+    def check_disjoint(self, train: list, eval_sets: dict[str, list]) -> dict[str, Any]:
+        """Refuse evaluation items that are also in training (QA: by article); returns what to record."""
+        return {}
+
+    def check_inputs(self, model: Any, items: Sequence, config: Any) -> None:
+        """Refuse items the model cannot read with these settings (QA: a question longer than a window
+        allows), before any training."""
+
+    def evaluate_extra(
+        self, name: str, model: Any, items: Sequence, config: Any, show_progress: bool = False
+    ) -> dict[str, Any]:
+        """The metrics of ``model`` on the extra evaluation set ``name`` (see :meth:`evaluation_sets`)."""
+        raise NotImplementedError(f"task {self.name} has no evaluation set {name!r}")
+
     def alignment_texts(self, items: Sequence) -> list:
         """The items as alignment inputs: what the task model reads, without labels."""
         raise NotImplementedError

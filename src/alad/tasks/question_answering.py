@@ -10,8 +10,16 @@ import torch
 from torch.nn import functional as F
 
 from alad.data.readers import QAExample, question_context_pairs
-from alad.evaluation.metrics import no_answer_baseline, squad_v2_metrics
+from alad.evaluation.metrics import no_answer_baseline, squad_v1_metrics, squad_v2_metrics
 from alad.tasks.base import Task, batched_logits, register_task
+
+SQUAD_V1_EVAL = "squad_v1_eval"  # the extra evaluation set and its key in metrics.json
+V2_SCORING = "official SQuAD 2.0 (EM/F1, HasAns/NoAns, best null threshold), beside always-no-answer"
+V1_SCORING = "official SQuAD 1.1 (EM/F1 of the best non-null span; no 'no answer' option)"
+_SET_NAMES = {
+    "evaluation": "the evaluation split",
+    SQUAD_V1_EVAL: "the SQuAD 1.1 evaluation set (dev articles not in SQuAD 2.0 dev)",
+}
 
 
 class QATask(Task):
@@ -93,15 +101,98 @@ class QATask(Task):
             f"F1 {base['f1']:.2f}; best threshold F1 {metrics.get('best_f1', float('nan')):.2f}"
         )
 
-    def split_pool(self, train, evaluation, config):
-        if not config.squad_dev_articles_to_train:
-            return train, evaluation, {}
-        from alad.tasks.squad import split_squad_by_article
+    def check_source(self, source, split, role) -> None:
+        # The rule: the evaluation split of --data is scored with the SQuAD 2.0 script, so it must be a
+        # SQuAD 2.0 file, whose questions say whether they are answerable (is_impossible). A SQuAD 1.1
+        # file (no is_impossible anywhere) is scored with the 1.1 script instead: --squad-v1-eval.
+        if source.format != "squad":
+            return
+        from alad.data.readers import squad_format
 
-        train, evaluation, split_info = split_squad_by_article(
-            train, evaluation, config.squad_dev_articles_to_train, config.seed
-        )
-        return train, evaluation, {"article_split": split_info}
+        path = source.split_file(split)
+        if squad_format(path) != "2.0":
+            raise ValueError(
+                f"{path} is a SQuAD 1.1 file (no question has an is_impossible field), but the {role} split of --data "
+                "is scored with the official SQuAD 2.0 script, which needs a SQuAD 2.0 file (every question marked "
+                "is_impossible true or false); pass SQuAD 2.0 files as --data, and score SQuAD 1.1 dev with "
+                "--squad-v1-eval true (the official SQuAD 1.1 script)"
+            )
+
+    def split_pool(self, train, evaluation, config):
+        """The training pool: the train split, plus SQuAD 1.1 train (``squad_v1_train``, each paragraph
+        once), plus whole dev articles moved by seed, plus negatives (``squad_negatives``), in that order."""
+        from alad.data.readers import read_squad
+        from alad.data.task_data import squad_v1_file
+        from alad.tasks.squad import make_negatives, merge_squad_train, pool_summary, split_squad_by_article
+
+        info = {}
+        if config.squad_v1_train:
+            path = squad_v1_file(config.squad_v1, "train")
+            train, merged = merge_squad_train(train, read_squad(path))
+            info["squad_v1_train"] = {"file": str(path), **merged}
+        if config.squad_dev_articles_to_train:
+            train, evaluation, split_info = split_squad_by_article(
+                train, evaluation, config.squad_dev_articles_to_train, config.seed
+            )
+            info["article_split"] = split_info
+        negatives, negatives_info = make_negatives(train, config.squad_negatives, config.seed)
+        train = [*train, *negatives]
+        info["squad_negatives"] = negatives_info
+        info["pool"] = {**pool_summary(train), "negatives_made": len(negatives)}
+        return train, evaluation, info
+
+    def evaluation_sets(self, train, evaluation, loaded_eval, config):
+        from alad.data.readers import read_squad
+        from alad.data.task_data import seeded_subset, squad_v1_file
+        from alad.tasks.squad import check_squad_v1_scorable, pool_summary, squad_v1_eval_set
+
+        titles = list(dict.fromkeys(ex.title for ex in evaluation))
+        described = {"evaluation": {**pool_summary(evaluation), "titles": titles, "scoring": V2_SCORING}}
+        sets = {}
+        if config.squad_v1_eval:
+            path = squad_v1_file(config.squad_v1, "dev")
+            v1_dev = read_squad(path)
+            check_squad_v1_scorable(v1_dev, f"the SQuAD 1.1 evaluation file {path}")
+            items, v1_info = squad_v1_eval_set(v1_dev, loaded_eval)
+            if not items:
+                raise ValueError(
+                    f"every article of {path} is also in the SQuAD 2.0 evaluation split of --data: no SQuAD 1.1 "
+                    "evaluation article is left; set --squad-v1-eval false"
+                )
+            sets[SQUAD_V1_EVAL] = seeded_subset(items, config.max_eval, config.seed + 2)
+            described[SQUAD_V1_EVAL] = {
+                "file": str(path),
+                **v1_info,
+                "evaluated": len(sets[SQUAD_V1_EVAL]),
+                "scoring": V1_SCORING,
+            }
+        return sets, {"evaluation_sets": described}
+
+    def check_disjoint(self, train, eval_sets):
+        from alad.tasks.squad import check_disjoint_by_article
+
+        check_disjoint_by_article(train, {_SET_NAMES.get(k, k): v for k, v in eval_sets.items()})
+        return {"disjoint_by_article": "checked", "disjoint_checked": list(eval_sets)}
+
+    def check_inputs(self, model, items, config) -> None:
+        from alad.tasks.squad import check_question_room
+
+        limit = model.max_length
+        below = limit if limit < config.max_length else None
+        check_question_room(items, model.tokenizer, min(config.max_length, limit), config.doc_stride, model_limit=below)
+
+    def evaluate_extra(self, name, model, items, config, show_progress: bool = False) -> dict:
+        """SQuAD 1.1 scoring: every question gets its best non-null span, never "no answer"."""
+        if name != SQUAD_V1_EVAL:
+            return super().evaluate_extra(name, model, items, config, show_progress)
+        from alad.tasks.squad import gold_answers
+
+        predictions, _ = self.predict(model, items, config, show_progress)  # the span, whatever the null scores
+        return {
+            **squad_v1_metrics(gold_answers(items), predictions),
+            "articles": len({ex.title for ex in items}),
+            "scoring": V1_SCORING,
+        }
 
     def alignment_texts(self, items) -> list[tuple[str, str]]:
         # QA pairs are aligned as the QA model encodes them, question and context in one input: a

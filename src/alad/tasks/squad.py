@@ -22,6 +22,13 @@ metric's default of 1.0, unless that default is meant.
 
 Splits (:func:`split_squad_by_article`) move whole articles, never single questions, because the
 questions of one article share its paragraphs; splitting them would leak evaluation text into training.
+
+The training pool may add the official SQuAD 1.1 train set (:func:`merge_squad_train`, a paragraph
+kept once when both files hold it) and negatives made from the pool itself (:func:`make_negatives`: a
+question paired with another paragraph of its own article). A second evaluation set,
+:func:`squad_v1_eval_set` (the SQuAD 1.1 dev articles that are not in SQuAD 2.0 dev), is scored with
+the official SQuAD 1.1 script; :func:`check_disjoint_by_article` refuses any evaluation article that
+is also in training.
 """
 
 from __future__ import annotations
@@ -41,12 +48,19 @@ from alad.evaluation.metrics import normalize_answer
 __all__ = [
     "QAFeature",
     "apply_null_threshold",
+    "check_disjoint_by_article",
+    "check_question_room",
+    "check_squad_v1_scorable",
     "collate_qa",
     "decode_qa",
     "gold_answers",
     "labelled_answer_text",
+    "make_negatives",
+    "merge_squad_train",
+    "pool_summary",
     "prepare_qa_features",
     "split_squad_by_article",
+    "squad_v1_eval_set",
     "subsample_examples",
 ]
 
@@ -54,6 +68,7 @@ logger = logging.getLogger(__name__)
 
 _CONTEXT = 1  # sequence id of the context in a (question, context) pair
 _CHUNK = 1000  # examples tokenized per call: bounds peak memory on the full training set
+MIN_CONTEXT_TOKENS = 8  # a window must hold at least this many context tokens after the longest question
 
 
 @dataclass
@@ -154,20 +169,14 @@ def prepare_qa_features(
     ``example_index`` indexes ``examples``.
 
     Raises ValueError when an answer does not match its context (naming the question id), when the
-    sizes leave no room for the context, or when the tokenizer does not start pairs with a special token
-    (position 0 carries the no-answer label).
+    longest question leaves no room for the context (:func:`check_question_room`), or when the tokenizer
+    does not start pairs with a special token (position 0 carries the no-answer label).
     """
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("prepare_qa_features needs a fast tokenizer (offsets and sequence ids)")
     if max_question_tokens < 1 or doc_stride < 0:
         raise ValueError(f"need max_question_tokens >= 1 and doc_stride >= 0, got {max_question_tokens}, {doc_stride}")
-    n_special = tokenizer.num_special_tokens_to_add(pair=True)
-    room = max_length - n_special - max_question_tokens
-    if room <= doc_stride:
-        raise ValueError(
-            f"max_length={max_length} leaves {room} context tokens after {n_special} special tokens and up to "
-            f"{max_question_tokens} question tokens; that must exceed doc_stride={doc_stride}"
-        )
+    check_question_room(examples, tokenizer, max_length, doc_stride, max_question_tokens)
     model_max = getattr(tokenizer, "model_max_length", None)
     if isinstance(model_max, int) and model_max < max_length:
         logger.warning("max_length=%d exceeds the tokenizer's model_max_length=%d", max_length, model_max)
@@ -243,6 +252,50 @@ def prepare_qa_features(
             n_inexact, n_unlabelled, n_answerable,
         )  # fmt: skip
     return features
+
+
+def check_question_room(
+    examples: Sequence[QAExample],
+    tokenizer: Any,
+    max_length: int,
+    doc_stride: int,
+    max_question_tokens: int = 64,
+    model_limit: int | None = None,
+) -> None:
+    """Refuse a ``max_length`` too short for the longest question of ``examples``, naming it.
+
+    Every window holds the question (cut to ``max_question_tokens`` tokens, as
+    :func:`prepare_qa_features` does), the pair's special tokens and at least
+    ``max(MIN_CONTEXT_TOKENS, doc_stride + 1)`` context tokens (consecutive windows overlap by
+    ``doc_stride`` tokens, so fewer could never move forward). ``model_limit``, the model's own
+    maximum length when it is below ``--max-length``, is named in the message.
+    """
+    if not examples:
+        return
+    n_special = tokenizer.num_special_tokens_to_add(pair=True)
+    longest, index = -1, 0
+    for lo in range(0, len(examples), _CHUNK * 10):
+        chunk = [ex.question.lstrip() for ex in examples[lo : lo + _CHUNK * 10]]
+        for i, ids in enumerate(tokenizer(chunk, add_special_tokens=False)["input_ids"]):
+            if len(ids) > longest:
+                longest, index = len(ids), lo + i
+    question = min(longest, max_question_tokens)
+    context = max(MIN_CONTEXT_TOKENS, doc_stride + 1)
+    needed = question + n_special + context
+    if needed <= max_length:
+        return
+    example = examples[index]
+    cut = f", cut to {max_question_tokens}" if longest > max_question_tokens else ""
+    if model_limit is not None:
+        where, fix = f"the model's maximum length {model_limit}", "use a model with more positions"
+    else:
+        where, fix = f"--max-length {max_length}", f"pass --max-length {needed} or more"
+    raise ValueError(
+        f"{where} is too short for question {example.id} ({longest} tokens{cut}: "
+        f"{example.question.strip()[:80]!r}): a window needs {question} question + {n_special} special + {context} "
+        f"context tokens (at least {MIN_CONTEXT_TOKENS} and more than --doc-stride {doc_stride}) = {needed}; "
+        f"{fix}, or a smaller --doc-stride"
+    )
 
 
 def _label_window(offsets: list[tuple[int, int] | None], start_char: int, end_char: int) -> tuple[int, int]:
@@ -480,3 +533,185 @@ def subsample_examples(examples: Sequence[QAExample], n: int, seed: int) -> list
         return list(examples)
     keep = sorted(random.Random(seed).sample(range(len(examples)), n))
     return [examples[i] for i in keep]
+
+
+# --------------------------------------------------------------------------------------------------
+# the training pool and the evaluation sets
+
+
+def _article(ex: QAExample) -> str:
+    """An example's article: its title, or its context where the file gives no title."""
+    return ex.title or ex.context
+
+
+def pool_summary(examples: Sequence[QAExample]) -> dict[str, int]:
+    """Articles, paragraphs, questions, answerable and unanswerable questions of a set."""
+    unanswerable = sum(ex.is_impossible for ex in examples)
+    return {
+        "articles": len({_article(ex) for ex in examples}),
+        "paragraphs": len({(ex.title, ex.context) for ex in examples}),
+        "questions": len(examples),
+        "answerable": len(examples) - unanswerable,
+        "unanswerable": unanswerable,
+    }
+
+
+def merge_squad_train(
+    train: Sequence[QAExample], extra: Sequence[QAExample], extra_name: str = "SQuAD 1.1 train"
+) -> tuple[list[QAExample], dict[str, Any]]:
+    """``train`` plus the questions of ``extra`` whose paragraph is not already in ``train``.
+
+    A paragraph is identified by (article title, context): where both files hold it (the SQuAD 2.0 train
+    articles are also SQuAD 1.1 train articles), the version in ``train`` is kept, with its unanswerable
+    questions, and the copy in ``extra`` is dropped whole, so no paragraph or question counts twice.
+    Returns ``(train + kept, info)``; a question id on both sides after that raises ValueError.
+    """
+    present = {(ex.title, ex.context) for ex in train}
+    kept = [ex for ex in extra if (ex.title, ex.context) not in present]
+    dropped = [ex for ex in extra if (ex.title, ex.context) in present]
+    clash = {ex.id for ex in train} & {ex.id for ex in kept}
+    if clash:
+        raise ValueError(
+            f"question id(s) {sorted(clash)[:5]} are in both training files but in different paragraphs; "
+            f"ids must be unique across the pool (check the {extra_name} file)"
+        )
+    info = {
+        "file_questions": len(extra),
+        "file_articles": len({_article(ex) for ex in extra}),
+        "duplicate_articles": len({_article(ex) for ex in dropped}),
+        "duplicate_paragraphs": len({(ex.title, ex.context) for ex in dropped}),
+        "duplicate_questions_dropped": len(dropped),
+        "added": pool_summary(kept),
+        "dedupe": "by (title, context): a paragraph already in the SQuAD 2.0 train file is kept once, as it is there",
+    }
+    return [*train, *kept], info
+
+
+def make_negatives(pool: Sequence[QAExample], setting: float, seed: int) -> tuple[list[QAExample], dict[str, Any]]:
+    """Unanswerable questions made from the pool: an answerable question paired with another paragraph
+    of its own article in which none of its answers occurs (as whole normalised words).
+
+    ``setting`` 0 is off; ``0 < setting < 1`` is a share: that fraction of the pool's answerable
+    questions (rounded) is drawn by seed from the questions whose article has another paragraph;
+    ``setting >= 1`` (a whole number) draws that many questions per article. Each drawn question gets one
+    partner paragraph, drawn by seed; a question whose every other paragraph holds its answer is
+    skipped (counted). The negatives keep the question's title, take ``id + "-neg"`` and are marked
+    unanswerable. Returns ``(negatives, info)``; the pool itself is not changed.
+    """
+    if setting <= 0:
+        return [], {"setting": 0, "made": 0, "state": "off"}
+    rng = random.Random(seed + 211)
+    contexts: dict[str, list[str]] = {}
+    candidates: dict[str, list[int]] = {}
+    for i, ex in enumerate(pool):
+        article = _article(ex)
+        paragraphs = contexts.setdefault(article, [])
+        if ex.context not in paragraphs:
+            paragraphs.append(ex.context)
+        if not ex.is_impossible and ex.answers:
+            candidates.setdefault(article, []).append(i)
+    eligible = {a: idx for a, idx in candidates.items() if len(contexts[a]) >= 2}
+    if setting >= 1:
+        per_article = int(setting)
+        chosen = sorted(i for idx in eligible.values() for i in rng.sample(idx, min(per_article, len(idx))))
+        rule = f"{per_article} per article"
+    else:
+        everyone = [i for idx in eligible.values() for i in idx]
+        wanted = round(setting * sum(len(idx) for idx in candidates.values()))
+        chosen = sorted(rng.sample(everyone, min(wanted, len(everyone))))
+        rule = f"a share of {setting:g} of the pool's answerable questions"
+    negatives: list[QAExample] = []
+    skipped = 0
+    normalized: dict[str, str] = {}  # each context normalised once
+    for i in chosen:
+        ex = pool[i]
+        answers = [f" {a} " for a in (normalize_answer(text) for text, _ in ex.answers) if a]
+        others = []
+        for c in contexts[_article(ex)]:
+            if c == ex.context:
+                continue
+            if c not in normalized:
+                normalized[c] = f" {normalize_answer(c)} "
+            if not any(a in normalized[c] for a in answers):  # the answer, as whole normalised words
+                others.append(c)
+        if not others:
+            skipped += 1
+            continue
+        negatives.append(
+            QAExample(
+                id=f"{ex.id}-neg",
+                title=ex.title,
+                context=rng.choice(others),
+                question=ex.question,
+                answers=[],
+                is_impossible=True,
+            )
+        )
+    info = {
+        "setting": setting,
+        "state": "on",
+        "rule": rule + "; each paired with another paragraph of its own article that does not hold its answer",
+        "seed": seed,
+        "drawn": len(chosen),
+        "made": len(negatives),
+        "skipped_every_paragraph_holds_the_answer": skipped,
+        "articles": len({_article(ex) for ex in negatives}),
+    }
+    return negatives, info
+
+
+def check_squad_v1_scorable(examples: Sequence[QAExample], source: str) -> None:
+    """Refuse a set for SQuAD 1.1 scoring that has unanswerable questions (a SQuAD 2.0 file, say).
+
+    The rule: SQuAD 1.1 scoring has no "no answer" option, so every question needs a gold answer and
+    must not be marked ``is_impossible``.
+    """
+    bad = [ex.id for ex in examples if ex.is_impossible or not ex.answers]
+    if bad:
+        raise ValueError(
+            f"{source} cannot be scored as SQuAD 1.1: {len(bad)} of its {len(examples)} questions are unanswerable "
+            f"(is_impossible or no answer; e.g. {bad[0]}), and SQuAD 1.1 scoring has no 'no answer' option; give the "
+            "official SQuAD 1.1 dev file (dev-v1.1.json) there, every question answerable"
+        )
+
+
+def squad_v1_eval_set(
+    v1_dev: Sequence[QAExample], v2_dev: Sequence[QAExample]
+) -> tuple[list[QAExample], dict[str, Any]]:
+    """The SQuAD 1.1 dev articles that are not in SQuAD 2.0 dev, and what was left out.
+
+    An article is left out when its title, or any of its paragraphs' contexts, is in ``v2_dev`` (the
+    whole SQuAD 2.0 dev set: held-out articles are scored there, moved ones are trained on). On the
+    official files 13 of the 48 articles remain.
+    """
+    titles = {ex.title for ex in v2_dev if ex.title}
+    paragraphs = {ex.context for ex in v2_dev}
+    overlap = {_article(ex) for ex in v1_dev if (ex.title and ex.title in titles) or ex.context in paragraphs}
+    kept = [ex for ex in v1_dev if _article(ex) not in overlap]
+    info = {
+        "dev_articles": len({_article(ex) for ex in v1_dev}),
+        "left_out_in_squad_v2_dev": len(overlap),
+        **pool_summary(kept),
+        "titles": list(dict.fromkeys(ex.title for ex in kept)),
+    }
+    return kept, info
+
+
+def check_disjoint_by_article(train: Sequence[QAExample], eval_sets: Mapping[str, Sequence[QAExample]]) -> None:
+    """Raise a one-line ValueError if any evaluation article is also in the training pool.
+
+    An evaluation article is in training when its title (where it has one) is a training article's
+    title, or when one of its paragraph contexts is a training context. The message names the
+    evaluation set and the article(s).
+    """
+    titles = {ex.title for ex in train if ex.title}
+    paragraphs = {ex.context for ex in train}
+    for name, items in eval_sets.items():
+        hits = (ex for ex in items if (ex.title and ex.title in titles) or ex.context in paragraphs)
+        shared = list(dict.fromkeys(ex.title or ex.context[:40] for ex in hits))
+        if shared:
+            shown = ", ".join(repr(t) for t in shared[:5]) + (f" and {len(shared) - 5} more" if len(shared) > 5 else "")
+            raise ValueError(
+                f"{len(shared)} article(s) of {name} are also in the training pool (same title or paragraph): {shown}; "
+                "training and evaluation must be disjoint by article: remove them from one side"
+            )
