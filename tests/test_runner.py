@@ -15,7 +15,8 @@ from tiny_tasks import MODES, save_tiny_bert, write_qa_data, write_recipe, write
 import alad.finetuning.trainer as finetune_module
 from alad.alignment.cache import corpus_hash
 from alad.finetuning.trainer import FinetuneConfig, load_splits
-from alad.recipes.runner import _summarise_pair, format_results, load_run_config, run_recipe
+from alad.recipes.report import format_results
+from alad.recipes.runner import _summarise_pair, load_run_config, run_recipe
 
 alignment_module = importlib.import_module("alad.alignment.trainer")
 latency_module = importlib.import_module("alad.evaluation.latency")

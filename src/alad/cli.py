@@ -290,7 +290,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from alad.io.run_folder import check_path_name
-    from alad.recipes.runner import check_recipe, format_results, load_run_config, run_recipe
+    from alad.recipes.report import format_results
+    from alad.recipes.runner import check_recipe, load_run_config, run_recipe
 
     wanted = [name.strip() for name in args.pairs.split(",") if name.strip()] if args.pairs else None
     config = load_run_config(args.config, args.profile, wanted)
