@@ -13,7 +13,7 @@ Latency: the student alone (frozen + head) and every row are timed together at t
 interleaved, repeated pass (median over rounds) on the evaluation set's own items at their real
 lengths, batch 1 and 32 (see ``alad.evaluation.interleaved``); the overhead is the extra time over the student
 alone, in percent. The suggested default adapter is the one with the smallest batch-1 overhead whose
-frozen metric is within ``--tolerance`` points of the sweep's best (stated in the output).
+frozen row keeps ``--default-share`` of the W3/h1280 MLP's gain over the student (stated in the output).
 
 Writes ``adapter_sizes.json``, ``adapter_sizes.md`` and ``adapter_sizes.png`` (metric against
 overhead at batch 1 and 32) to ``--out``; every stage is resumable (run the same command again).
@@ -99,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention-heads", type=int, default=4, help="attention adapters: heads")
     parser.add_argument("--modes", default="frozen,teacher-head", help="stage-3 modes")
     parser.add_argument("--tolerance", type=float, default=0.5, help="points from the best metric (default choice)")
+    parser.add_argument(
+        "--default-share",
+        type=float,
+        default=0.95,
+        help="default choice: the cheapest frozen row keeping this share of the W3/h1280 MLP's gain over the student "
+        "(0: the --tolerance rule instead)",
+    )
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
     parser.add_argument("--latency-batches", type=int, default=32, help="calls per row and batch size per round")
     parser.add_argument("--threads", type=int, default=1, help="torch threads while timing")
@@ -215,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "machine": f"{platform.processor() or platform.machine()}, {platform.system()}, torch {torch.__version__}",
         "rows": rows,
-        "default": suggest_default(rows, args.tolerance),
+        "default": suggest_default(rows, args.tolerance, args.default_share or None),
         "tolerance": args.tolerance,
         "overhead_target": gains,
     }
@@ -267,13 +274,22 @@ def gain_shares(rows: list[dict], max_overhead_pct: float = 10.0, min_share: flo
     }
 
 
-def suggest_default(rows: list[dict], tolerance: float) -> dict | None:
-    """The adapter with the smallest batch-1 overhead whose frozen metric is within ``tolerance`` of the best."""
+def suggest_default(rows: list[dict], tolerance: float, min_share: float | None = None) -> dict | None:
+    """The adapter with the smallest batch-1 overhead among frozen rows that keep ``min_share`` of the
+    W3/h1280 MLP's gain over the student (rows scored by :func:`gain_shares`), or, without shares,
+    whose metric is within ``tolerance`` points of the best. A share is steadier than a distance from
+    the best row, which is itself one noisy measurement."""
     frozen = [r for r in rows if r["mode"] == "frozen" and r["hidden"] is not None]
     if not frozen:
         return None
     best = max(r["metric"] for r in frozen)
-    near = [r for r in frozen if r["metric"] >= best - tolerance]
+    if min_share is not None and all("gain_share" in r for r in frozen):
+        near = [r for r in frozen if r["gain_share"] >= min_share]
+        rule = f"smallest batch-1 latency overhead among frozen rows keeping >= {100 * min_share:.0f}% of the W3/h1280 "
+        rule += "MLP's gain over the student"
+    else:
+        near = [r for r in frozen if r["metric"] >= best - tolerance]
+        rule = f"smallest batch-1 latency overhead among frozen rows within {tolerance} points of the best"
     choice = min(near, key=lambda r: (r["overhead_b1_pct"], r["params_total"]))
     return {
         "type": choice.get("type", "mlp"),
@@ -283,7 +299,7 @@ def suggest_default(rows: list[dict], tolerance: float) -> dict | None:
         "best_metric": best,
         "overhead_b1_pct": choice["overhead_b1_pct"],
         "overhead_b32_pct": choice["overhead_b32_pct"],
-        "rule": f"smallest batch-1 latency overhead among frozen rows within {tolerance} points of the best",
+        "rule": rule,
     }
 
 

@@ -152,7 +152,7 @@ def test_adapter_sizes_gain_share_and_overhead_target():
         {"name": "th", "type": "mlp", "hidden": 128, "window": 1, "mode": "teacher-head", "metric": 90.0},
     ]
     for row, overhead in zip(rows[1:], (40.0, 9.0, 3.0, 3.0), strict=True):
-        row.update(overhead_b1_pct=overhead, overhead_b32_pct=overhead / 2)
+        row.update(overhead_b1_pct=overhead, overhead_b32_pct=overhead / 2, params_total=1000)
     target = bench.gain_shares(rows)
     shares = [r.get("gain_share") for r in rows[1:4]]
     assert shares == [pytest.approx(1.0), pytest.approx(26 / 30), pytest.approx(2 / 3)]
@@ -162,3 +162,10 @@ def test_adapter_sizes_gain_share_and_overhead_target():
     rows[2]["overhead_b1_pct"] = 11.0  # now nothing is both cheap enough and good enough
     assert bench.gain_shares(rows)["best"] is None
     assert bench.gain_shares(rows[:1] + rows[2:]) is None  # no W3/h1280 MLP row: no reference
+    rows[2]["overhead_b1_pct"] = 9.0
+    bench.gain_shares(rows)
+    # the default keeps >= 85% of the reference's gain at the least batch-1 overhead: "cheap" (87%), not
+    # "cheaper" (67%, faster), nor "ref" (100%, slower)
+    assert bench.suggest_default(rows, tolerance=0.5, min_share=0.85)["hidden"] == 256
+    assert bench.suggest_default(rows, tolerance=0.5, min_share=0.5)["hidden"] == 128
+    assert "keeping >= 85% of the W3/h1280" in bench.suggest_default(rows, 0.5, 0.85)["rule"]
