@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -105,7 +106,7 @@ def child(job_file: str) -> None:
 def run_child(job: dict, processes: int, work: Path, timeout: float) -> dict:
     name = f"{job['name']}-p{processes}"
     job = {**job, "out": str(work / name / "run"), "result": str(work / f"{name}.json")}
-    job["config"] = {**job["config"], "cache_dir": str(work / name / "cache")}
+    job["config"] = {**job["config"], "cache_dir": job.get("cache_dir") or str(work / name / "cache")}
     job_file = work / f"{name}.job.json"
     job_file.write_text(json.dumps(job), encoding="utf-8")
     env = {**os.environ, **CHILD_ENV}
@@ -214,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one, deleted)")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--name", default="align_scale", help="file stem of the JSON / markdown written to --out")
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="one embedding cache for every run (default: a fresh one per run, so the cache build is timed); "
+        "with a cache built before, only memory and training are measured",
+    )
     parser.add_argument("--note", default="", help="what else the machine ran meanwhile (written into the table)")
     args = parser.parse_args(argv)
     if args.child:
@@ -242,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.buffer_tokens is not None:
             config["buffer_tokens"] = args.buffer_tokens
         buffer_tokens = config.get("buffer_tokens", AlignConfig.buffer_tokens)
-        base = {"shard_texts": args.shard_texts}
+        base = {"shard_texts": args.shard_texts, "cache_dir": args.cache_dir}
         sizes = []
         for size in (int(s) for s in args.sizes.split(",") if s.strip()):
             job = {**base, "name": f"n{size}", "config": {**config, "max_texts": size}}
@@ -253,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             processes = [run_child(job, n, work, args.timeout) for n in (1, 2)]
     report = {
         "setup": {
-            "command": "python benchmarks/align_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": "python benchmarks/align_scale.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs; Python {platform.python_version()}, "
             f"torch {torch.__version__}",
             "student": args.student,

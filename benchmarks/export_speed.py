@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import platform
+import shlex
 import sys
 from pathlib import Path
 
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     targets["int8_batch1_latency_ok"] = targets["int8_batch1_latency_ratio"] <= 0.6
     summary = {
+        "command": "python benchmarks/export_speed.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "run": str(args.run),
         "task": config.task,
         "main_metric": metric,
@@ -115,7 +117,8 @@ def format_table(summary: dict, key: str) -> str:
         "",
         f"{summary['task']}, {summary['eval_items']} evaluation items; latency: median of {summary['rounds']} "
         f"interleaved rounds at the evaluation set's real lengths, {summary['threads']} thread(s); "
-        f"{summary['machine']}",
+        f"{summary['machine']}  ",
+        f"Command: `{summary.get('command', '')}`",
         "",
         f"| variant | {key} | token agreement with PyTorch | params | batch 1 (ms) | batch 32 (ms) |",
         "|---|---:|---:|---:|---:|---:|",
