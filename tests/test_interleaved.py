@@ -64,6 +64,23 @@ def _benchmark(name: str):
     return module
 
 
+def _sweep_summary(rows: list[dict], default: dict | None, modes: list[str]) -> dict:
+    """An adapter_sizes summary around ``rows``, as the benchmark writes it (tiny fixed setup)."""
+    return {
+        "student": "s",
+        "teacher": "t",
+        "task": "ner",
+        "main_metric": "micro_f1",
+        "data": {"eval_items": 10},
+        "rounds": 3,
+        "threads": 1,
+        "machine": "m",
+        "rows": rows,
+        "default": default,
+        "modes": modes,
+    }
+
+
 def test_adapter_sizes_default_rule_and_table():
     bench = _benchmark("adapter_sizes")
     rows = [
@@ -80,19 +97,7 @@ def test_adapter_sizes_default_rule_and_table():
     assert (choice["hidden"], choice["window"]) == (1280, 3)  # b is within 0.5 but slower than a here
     rows[2]["overhead_b1_pct"] = 1.0
     assert bench.suggest_default(rows, tolerance=0.5)["hidden"] == 256
-    summary = {
-        "student": "s",
-        "teacher": "t",
-        "task": "ner",
-        "main_metric": "micro_f1",
-        "data": {"eval_items": 10},
-        "rounds": 3,
-        "threads": 1,
-        "machine": "m",
-        "rows": rows,
-        "default": bench.suggest_default(rows, 0.5),
-        "modes": ["frozen", "teacher-head"],
-    }
+    summary = _sweep_summary(rows, bench.suggest_default(rows, 0.5), ["frozen", "teacher-head"])
     text = bench.format_table(summary)
     assert "Suggested default: hidden 256, window 3, mlp adapter" in text and text.count("\n| ") == 6
     assert "| b | mlp | 256 | 3 | frozen | 79.70 |" in text  # rows written before adapter types are mlp
@@ -120,19 +125,7 @@ def test_adapter_sizes_sweeps_adapter_types(tmp_path):
         row["overhead_b32_pct"] = 5.0 * i
     choice = bench.suggest_default(rows, tolerance=0.5)
     assert (choice["type"], choice["hidden"], choice["window"]) == ("attention", 128, 3)
-    summary = {
-        "student": "s",
-        "teacher": "t",
-        "task": "ner",
-        "main_metric": "micro_f1",
-        "data": {"eval_items": 10},
-        "rounds": 3,
-        "threads": 1,
-        "machine": "m",
-        "rows": rows,
-        "default": choice,
-        "modes": ["frozen"],
-    }
+    summary = _sweep_summary(rows, choice, ["frozen"])
     text = bench.format_table(summary)
     assert "| attention h128 w3, frozen | attention | 128 | 3 | frozen | 80.00 |" in text
     assert "| student | - | - | - | frozen |" in text
