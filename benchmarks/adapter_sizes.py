@@ -11,8 +11,10 @@ student run once over each text set, and every type and hidden size reuses those
 
 Latency: the student alone (frozen + head) and every row are timed together at the end, in one
 interleaved, repeated pass (median over rounds) on the evaluation set's own items at their real
-lengths, batch 1 and 32 (see ``alad.evaluation.interleaved``); the overhead is the extra time over the student
-alone, in percent. The suggested default adapter is the one with the smallest batch-1 overhead whose
+lengths, batch 1 and 32, the rows taking turns call by call (see ``alad.evaluation.interleaved``); the
+overhead is the median over rounds of a row's time over the student alone's in the same round, in
+percent. A second, separately loaded copy of the student is timed as a row too: its overhead is the
+noise floor of the column. The suggested default adapter is the one with the smallest batch-1 overhead whose
 frozen row keeps ``--default-share`` of the W3/h1280 MLP's gain over the student (stated in the output).
 
 Writes ``adapter_sizes.json``, ``adapter_sizes.md`` and ``adapter_sizes.png`` (metric against
@@ -178,22 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(_row(name, adapter_type, size, window, mode, result, folder, task.main_metric))
 
     # latency: every row at the end, in one interleaved pass on the evaluation set's real lengths
-    torch.set_num_threads(args.threads)
-    models = {row["name"]: AladTaskModel.from_pretrained(Path(row["folder"]) / MODEL_DIR) for row in rows}
-    reference = models[rows[0]["name"]]
-    features = task.features(reference, splits.eval, base)
-
-    def collate(group):
-        return task.collate(reference, group)
-
-    batches = {b: real_length_batches(features, collate, b, args.latency_batches) for b in (1, 32)}
-    timings = interleaved_latency(models, batches, rounds=args.rounds)
-    student_ms = timings[rows[0]["name"]]
-    for row in rows:
-        for b in (1, 32):
-            ms = timings[row["name"]][b]["median_ms"]
-            row[f"ms_b{b}"] = ms
-            row[f"overhead_b{b}_pct"] = 100 * (ms / student_ms[b]["median_ms"] - 1)
+    timings = time_rows(rows, task, splits.eval, base, args)
     gains = gain_shares(rows)
     summary = {
         "command": "python benchmarks/adapter_sizes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -220,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         "modes": modes,
         "rounds": args.rounds,
         "threads": args.threads,
+        "latency_batches": args.latency_batches,
+        "noise_floor_pct": timings["noise_floor_pct"],
         "machine": f"{platform.processor() or platform.machine()}, {platform.system()}, torch {torch.__version__}",
         "rows": rows,
         "default": suggest_default(rows, args.tolerance, args.default_share or None),
@@ -232,6 +221,43 @@ def main(argv: list[str] | None = None) -> int:
     plot(summary, out / "adapter_sizes.png")
     print(text)
     return 0
+
+
+STUDENT_COPY = "student alone, second copy"  # timed as a row of its own: the noise floor of the overhead column
+
+
+def latency_key(row: dict) -> tuple:
+    """Rows with the same compute (the same adapter in frozen and teacher-head mode) are timed once."""
+    return (row.get("type"), row["hidden"], row["window"])
+
+
+def time_rows(rows: list[dict], task, items, config, args) -> dict:
+    """Fill ``ms_b1/ms_b32`` and the paired ``overhead_b1_pct/overhead_b32_pct`` of every row (see
+    :func:`alad.evaluation.interleaved.interleaved_latency`). Each distinct model is timed once, plus a
+    second, separately loaded copy of the student: its overhead over the student is pure measurement
+    noise, stated beside the table."""
+    torch.set_num_threads(args.threads)
+    timed: dict[tuple, str] = {}
+    for row in rows:
+        timed.setdefault(latency_key(row), row["name"])
+    by_name = {row["name"]: row for row in rows}
+    models = {name: AladTaskModel.from_pretrained(Path(by_name[name]["folder"]) / MODEL_DIR) for name in timed.values()}
+    student = rows[0]["name"]
+    models[STUDENT_COPY] = AladTaskModel.from_pretrained(Path(rows[0]["folder"]) / MODEL_DIR)
+    reference = models[student]
+    features = task.features(reference, items, config)
+
+    def collate(group):
+        return task.collate(reference, group)
+
+    batches = {b: real_length_batches(features, collate, b, args.latency_batches) for b in (1, 32)}
+    timings = interleaved_latency(models, batches, rounds=args.rounds, reference=student, show_progress=not args.quiet)
+    for row in rows:
+        measured = timings[timed[latency_key(row)]]
+        for b in (1, 32):
+            row[f"ms_b{b}"] = measured[b]["median_ms"]
+            row[f"overhead_b{b}_pct"] = measured[b]["overhead_pct"]
+    return {"noise_floor_pct": {str(b): timings[STUDENT_COPY][b]["overhead_pct"] for b in (1, 32)}}
 
 
 def _row(name, adapter_type, size, window, mode, result, folder, metric) -> dict:
@@ -308,10 +334,19 @@ def format_table(summary: dict) -> str:
         f"# Adapter size trade-off: {summary['student']} -> {summary['teacher']} ({summary['task']})",
         "",
         f"{summary['main_metric']} on {summary['data'].get('eval_items')} evaluation items; latency: median of "
-        f"{summary['rounds']} interleaved rounds at the evaluation set's real lengths, {summary['threads']} thread(s); "
-        f"overhead over the student alone; {summary['machine']}",
+        f"{summary['rounds']} rounds, the rows taking turns call by call, at the evaluation set's real lengths, "
+        f"{summary['threads']} thread(s); overhead: median over rounds of the row's time over the student alone's "
+        f"in the same round; {summary['machine']}",
         "",
     ]
+    noise = summary.get("noise_floor_pct")
+    if noise:
+        lines += [
+            f"Noise floor: a second copy of the student, timed as a row, measured {float(noise['1']):+.1f}% at "
+            f"batch 1 and {float(noise['32']):+.1f}% at batch 32 over the first; rows with the same compute "
+            "(one adapter in frozen and teacher-head mode) are timed once.",
+            "",
+        ]
     if summary.get("command"):
         stages, data = summary["stages"], summary["data"]
         lines += [

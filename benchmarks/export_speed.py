@@ -116,7 +116,8 @@ def format_table(summary: dict, key: str) -> str:
         f"# PyTorch fp32 vs ONNX fp32 vs ONNX int8: {summary['run']}",
         "",
         f"{summary['task']}, {summary['eval_items']} evaluation items; latency: median of {summary['rounds']} "
-        f"interleaved rounds at the evaluation set's real lengths, {summary['threads']} thread(s); "
+        f"rounds, the variants taking turns call by call, at the evaluation set's real lengths, "
+        f"{summary['threads']} thread(s); "
         f"{summary['machine']}  ",
         f"Command: `{summary.get('command', '')}`",
         "",

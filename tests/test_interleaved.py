@@ -56,6 +56,37 @@ def test_interleaved_latency_gives_each_row_its_own_batches():
     assert result["a"][1]["mean_tokens"] == 3 and result["b"][32]["mean_tokens"] == 9
 
 
+def test_interleaved_latency_takes_turns_call_by_call():
+    """Every row runs batch i before any row runs batch i + 1, so a load spike lands on all rows alike."""
+    batches = {1: [(torch.full((1, 1), i), torch.ones(1, 1)) for i in range(4)]}
+    calls = []
+    rows = {name: (lambda ids, mask, name=name: calls.append((name, int(ids)))) for name in ("a", "b", "c")}
+    interleaved_latency(rows, batches, rounds=2, warmup=0)
+    timed = calls[3:]  # after one warm-up call per row
+    for start in range(0, len(timed), 3):
+        turn = timed[start : start + 3]
+        assert sorted(name for name, _ in turn) == ["a", "b", "c"] and len({i for _, i in turn}) == 1
+
+
+def test_interleaved_overhead_is_paired_so_a_drifting_machine_cancels():
+    """The machine is 4x slower every other round; the row costing 1.5x the reference stays at +50%."""
+    calls = {"n": -2}  # the warm-up makes one call per row
+    batches = {1: [(torch.zeros(1, 1), torch.ones(1, 1))] * 2}  # 2 rows x 2 batches: 4 calls a round
+
+    def machine(cost_ms):
+        slow = 4 if max(calls["n"], 0) // 4 % 2 else 1
+        calls["n"] += 1
+        time.sleep(cost_ms * slow / 1e3)
+
+    rows = {"ref": lambda ids, mask: machine(2.0), "row": lambda ids, mask: machine(3.0)}
+    result = interleaved_latency(rows, batches, rounds=6, reference="ref")
+    assert result["ref"][1]["overhead_pct"] == 0
+    assert 35 < result["row"][1]["overhead_pct"] < 65
+    assert result["ref"][1]["max_ms"] > 3 * result["ref"][1]["min_ms"]  # the drift is there, in the raw times
+    with pytest.raises(ValueError, match="reference row 'nope' is not among"):
+        interleaved_latency(rows, batches, rounds=1, reference="nope")
+
+
 def _benchmark(name: str):
     path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
@@ -162,3 +193,32 @@ def test_adapter_sizes_gain_share_and_overhead_target():
     assert bench.suggest_default(rows, tolerance=0.5, min_share=0.85)["hidden"] == 256
     assert bench.suggest_default(rows, tolerance=0.5, min_share=0.5)["hidden"] == 128
     assert "keeping >= 85% of the W3/h1280" in bench.suggest_default(rows, 0.5, 0.85)["rule"]
+
+
+def test_adapter_sizes_times_each_model_once_with_a_noise_floor(monkeypatch):
+    """Frozen and teacher-head rows of one adapter share one timing; a second student copy gives the noise floor."""
+    bench = _benchmark("adapter_sizes")
+    loaded = []
+
+    def from_pretrained(folder):
+        loaded.append(Path(folder).parent.name)
+        cost = {"student": 0.0, "a": 0.003}[Path(folder).parent.name]
+        return lambda ids, mask: time.sleep(0.001 + cost)
+
+    monkeypatch.setattr(bench.AladTaskModel, "from_pretrained", staticmethod(from_pretrained))
+    task = SimpleNamespace(features=lambda model, items, config: _features([3, 5, 4]), collate=lambda m, g: _collate(g))
+    rows = [
+        {"name": "student", "type": None, "hidden": None, "window": None, "folder": "student"},
+        {"name": "a frozen", "type": "mlp", "hidden": 128, "window": 3, "folder": "a"},
+        {"name": "a teacher-head", "type": "mlp", "hidden": 128, "window": 3, "folder": "a"},
+    ]
+    args = SimpleNamespace(threads=torch.get_num_threads(), latency_batches=2, rounds=3, quiet=True)
+    out = bench.time_rows(rows, task, [], None, args)
+    assert sorted(loaded) == ["a", "student", "student"]  # the adapter once, the student twice
+    assert rows[1]["ms_b1"] == rows[2]["ms_b1"] and rows[1]["overhead_b1_pct"] > 150
+    assert rows[0]["overhead_b1_pct"] == 0 and abs(out["noise_floor_pct"]["1"]) < 50
+    summary = _sweep_summary(
+        [{**r, "mode": "frozen", "metric": 1.0, "params_total": 1} for r in rows], None, ["frozen"]
+    )
+    summary["noise_floor_pct"] = out["noise_floor_pct"]
+    assert "Noise floor: a second copy of the student, timed as a row, measured" in bench.format_table(summary)

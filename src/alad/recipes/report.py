@@ -125,7 +125,8 @@ def _latency_note(latency: dict | None) -> str:
         return "Latency: not measured."
     return (
         f"Latency: CPU, {latency['threads']} torch thread(s), every row of the main budget timed together at the end "
-        f"in {latency['rounds']} interleaved rounds (median), each round {latency['calls']} calls per batch size on "
+        f"in {latency['rounds']} rounds (median), the rows taking turns call by call, each round {latency['calls']} "
+        f"calls per batch size on "
         f"the evaluation set's own items at their real lengths (batch 1: single items, mean tokens in column "
         f"'tokens b1'; batch 32: length-sorted groups), each model through its own tokenizer."
     )
