@@ -70,7 +70,7 @@ def child(job_file: str) -> None:
     distributed.barrier()
     cache_s = time.perf_counter() - loaded
     build_tokens = sum(len(s.input_ids) for cached in built for s in cached.spans)
-    del built
+    del built, segments  # align() reads and tokenises the corpus itself: hold no second copy of it
     train_start = time.perf_counter()
     summary = align(job["out"], config, student=student, teacher=teacher, show_progress=False)
     train_s = time.perf_counter() - train_start

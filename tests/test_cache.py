@@ -219,3 +219,21 @@ def test_pair_corpus_has_its_own_key(bert):
         != cache_key(bert, [("a cat sat", "on the mat")], -1)["corpus_sha256"]
     )
     assert "text_pairs" not in cache_key(bert, joined, -1)
+
+
+def test_build_trims_the_heap_after_every_shard(tmp_path, bert, sentences, monkeypatch):
+    """Freed encoder activations go back to the OS shard by shard (resident memory stays flat)."""
+    trims = []
+    monkeypatch.setattr(cache_module, "trim_heap", lambda: trims.append(1) or True)
+    EmbeddingCache(tmp_path, shard_size=4, max_tokens=64).build(bert, sentences[:10], show_progress=False)
+    assert len(trims) == 3  # three shards
+
+
+def test_encode_spans_returns_views_of_one_tensor_equal_to_one_text_at_a_time(bert, sentences):
+    spans = tokenize_with_spans(bert.tokenizer, sentences[:6])
+    together = encode_spans(bert, spans, max_tokens=64)
+    alone = [encode_spans(bert, [s])[0] for s in spans]
+    assert len({t.untyped_storage().data_ptr() for t in together}) == 1  # one allocation for all texts
+    for a, b in zip(together, alone, strict=True):
+        assert a.dtype == torch.float16 and a.shape == b.shape
+        assert torch.allclose(a.float(), b.float(), atol=2e-3)

@@ -44,6 +44,7 @@ from alad.io.serialization import (
 )
 from alad.models.encoders import Encoder, cache_root, model_fingerprint, tokenizer_fingerprint
 from alad.training import distributed
+from alad.training.memory import trim_heap
 
 logger = logging.getLogger(__name__)
 
@@ -219,13 +220,20 @@ def encode_spans(
     max_tokens: int = 8192,
     progress: tqdm | None = None,
 ) -> list[torch.Tensor]:
-    """Run the encoder on pre-tokenised texts; returns one float16 [T, d] tensor per text."""
+    """Run the encoder on pre-tokenised texts; returns one float16 [T, d] tensor per text.
+
+    The texts' states are views of one [sum T, d] tensor, filled batch by batch: one allocation per
+    call instead of one per text, so a long cache build does not fragment the heap (with a copy
+    per text, resident memory grew with every shard the process embedded)."""
     lengths = span_lengths(spans)
     _check_lengths(encoder, lengths)
     model = encoder.model
     device = next(model.parameters()).device
     pad_id = encoder.tokenizer.pad_token_id or 0
-    outputs: list[torch.Tensor | None] = [None] * len(spans)
+    starts = [0]
+    for length in lengths:
+        starts.append(starts[-1] + length)
+    flat = torch.empty(starts[-1], encoder.hidden_size, dtype=torch.float16)
     for batch in _batches_by_tokens(lengths, max_tokens):
         width = max(lengths[i] for i in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -237,10 +245,11 @@ def encode_spans(
         hidden = result.last_hidden_state if layer == -1 else result.hidden_states[layer]
         hidden = hidden.to("cpu", torch.float16)
         for row, index in enumerate(batch):
-            outputs[index] = hidden[row, : lengths[index]].clone()
+            flat[starts[index] : starts[index + 1]] = hidden[row, : lengths[index]]
+        del result, hidden
         if progress is not None:
             progress.update(sum(lengths[i] for i in batch))
-    return [o for o in outputs if o is not None]
+    return list(flat.split(lengths))
 
 
 class EmbeddingCache:
@@ -392,4 +401,6 @@ class EmbeddingCache:
                 if manifest is not None:
                     manifest["shards"].append(entry)
                     write_json_atomic(directory / MANIFEST, manifest)
+                del states
+                trim_heap()  # freed activations back to the OS: resident memory stays flat over the shards
         return entries

@@ -26,6 +26,7 @@ import torch
 
 from alad.alignment.cache import CachedStates
 from alad.alignment.pairing import pair_tokens, span_lengths, teacher_targets
+from alad.training.memory import trim_heap
 
 CHUNK_SEED_STRIDE = 1_000_003
 """Seed of chunk k's batches in epoch e: ``seed + e + k * CHUNK_SEED_STRIDE`` (chunk 0: ``seed + e``)."""
@@ -216,6 +217,7 @@ class AlignmentStream:
     def release(self) -> None:
         self._held.clear()
         self._held_tokens = 0
+        trim_heap()  # the dropped buffer's pages back to the OS, so resident memory stays flat over an epoch
 
     def item(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(student states, teacher targets, loss mask) of a held text."""
