@@ -9,7 +9,7 @@ import pytest
 from alad.training import memory
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc", reason="needs glibc")
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="needs glibc")
 def test_trim_heap_runs_on_glibc():
     memory._libc.cache_clear()
     assert memory.trim_heap() is True
