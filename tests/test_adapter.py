@@ -388,3 +388,19 @@ def test_attention_adapter_on_cuda_matches_cpu_and_ignores_padding():
     alone = gpu(x[:1, :4].cuda(), torch.ones(1, 4, device="cuda"))
     torch.testing.assert_close(on_gpu[0, :4], alone[0], rtol=0, atol=1e-4)
     assert torch.equal(on_gpu[0, 4:].cpu(), torch.zeros(3, 6))
+
+
+def test_window_mlp_predict_equals_its_sequential_net_in_eval_and_training():
+    from alad.adapters.base import window_features
+
+    torch.manual_seed(0)
+    adapter = AlignmentAdapter(AdapterConfig(student_dim=8, teacher_dim=6, window=3, hidden_size=16, dropout=0.5))
+    states, mask = torch.randn(2, 5, 8), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    adapter.eval()
+    expected = adapter.net(window_features(states, mask, 3))
+    assert torch.allclose(adapter.predict(states, mask), expected, atol=1e-6)
+    adapter.train()
+    torch.manual_seed(1)
+    trained = adapter.predict(states, mask)
+    torch.manual_seed(1)
+    assert torch.allclose(trained, adapter.net(window_features(states, mask, 3)), atol=1e-6)  # same dropout draws

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from alad.adapters.base import ACTIVATIONS, AdapterConfig, AlignmentAdapter, register_adapter, window_features
 
@@ -35,4 +36,9 @@ class WindowMLPAdapter(AlignmentAdapter):
         self.net = window_mlp(config)
 
     def predict(self, student_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.net(window_features(student_states, attention_mask, self.config.window))
+        # self.net's layers called as functions: the same computation as self.net(...) without four
+        # module calls, which at batch 1 cost about a sixth of this small adapter's time
+        first, activation, dropout, second = self.net
+        hidden = F.linear(window_features(student_states, attention_mask, self.config.window), first.weight, first.bias)
+        hidden = F.dropout(activation(hidden), dropout.p, self.training)
+        return F.linear(hidden, second.weight, second.bias)
