@@ -322,6 +322,8 @@ def test_recipe_stage_options_take_the_adapter_type_and_are_checked():
     assert stage2_options(recipe) == {"epochs": 1, **ATTENTION}
     assert stage2_options({**recipe, "stage2": {"attention_heads": 4}})["attention_heads"] == 4  # stage 2's own wins
     assert stage2_options({**recipe, "stage1": None}) == {"epochs": 1}
+    sized = {"windows": [3], "stage1": {"hidden_size": 64}, "stage2": {"epochs": 1}}
+    assert stage2_options(sized) == {"epochs": 1, "hidden_size": 64}  # stage 2 continues an adapter of stage 1's size
     with pytest.raises(ValueError, match="adapter_type 'lstm' is not one of attention, mlp"):
         check_recipe({"windows": [3], "stage1": {"adapter_type": "lstm"}})
     with pytest.raises(ValueError, match=r"attention_dim \(8\) must be divisible by attention_heads \(3\)"):

@@ -647,9 +647,9 @@ def stage2_texts(ctx: _Context) -> list:
     return list(texts) + list(ctx.extra_texts)
 
 
-ADAPTER_SHAPE_OPTIONS = ("adapter_type", "attention_dim", "attention_heads")
+ADAPTER_SHAPE_OPTIONS = ("adapter_type", "hidden_size", "attention_dim", "attention_heads")
 """Stage-1 options that stage 2 takes over unless it sets them: the adapter stage 2 continues, or (with
-``compare_stage1``) aligns from scratch, is of the same type as stage 1's."""
+``compare_stage1``) aligns from scratch, is of the same type and size as stage 1's."""
 
 
 def stage2_options(config: dict) -> dict:
