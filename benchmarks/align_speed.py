@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--texts", type=int, default=2000, help="first N corpus sentences")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--hidden-size", type=int, default=1280, help="adapter hidden width (the committed results: 1280)")
+    parser.add_argument("--hidden-size", type=int, default=1280, help="adapter hidden width (results: 1280)")
     parser.add_argument("--windows", default="1,3,5")
     parser.add_argument("--student", default="all-MiniLM-L6-v2")
     parser.add_argument("--teacher", default="all-mpnet-base-v2")
