@@ -22,7 +22,7 @@ overhead at batch 1 and 32) to ``--out``; every stage is resumable (run the same
 
     python benchmarks/adapter_sizes.py --student models/minilm-l6 --teacher runs/teachers/ner-mpnet \\
         --corpus ../shared/data/corpus/nlp-corpus-sentences.txt --data conll2003 --task ner \\
-        --hidden 128,256,512,1280 --windows 1,3,5 --adapter-types mlp,attention \\
+        --hidden 64,128,256,512,1280 --windows 1,3,5 --adapter-types mlp,attention \\
         --out benchmarks/results/adapter_sizes-ner-b
 
 Folders of the ``mlp`` type are named as before adapter types existed (``align-h128``,
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-eval", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=3, help="task fine-tuning epochs")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--hidden", default="128,256,512,1280", help="adapter hidden sizes")
+    parser.add_argument("--hidden", default="64,128,256,512,1280", help="adapter hidden sizes")
     parser.add_argument("--windows", default="1,3,5", help="adapter windows")
     parser.add_argument(
         "--adapter-types", default="mlp", help=f"adapter types, among {', '.join(sorted(ADAPTER_TYPES))} (default mlp)"
