@@ -56,7 +56,7 @@ class AdapterConfig:
     student_dim: int = field(metadata={"help": "hidden size of the student encoder's token states"})
     teacher_dim: int = field(metadata={"help": "hidden size of the teacher encoder's token states"})
     window: int = field(default=3, metadata={"help": "odd number K of student tokens read per prediction"})
-    hidden_size: int = field(default=1280, metadata={"help": "width of the MLP's hidden layer"})
+    hidden_size: int = field(default=128, metadata={"help": "width of the MLP's hidden layer (the paper's: 1280)"})
     activation: str = field(default="gelu", metadata={"help": f"one of {sorted(ACTIVATIONS)}"})
     dropout: float = field(default=0.1, metadata={"help": "dropout after the hidden activation (and in attention)"})
     adapter_type: str = field(
