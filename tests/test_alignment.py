@@ -450,6 +450,22 @@ def test_init_continues_the_type_of_its_adapters(attention_run, finished_run, ru
     assert type(_load(mlp_run, 3)) is WindowMLPAdapter
 
 
+def test_hidden_size_defaults_to_128_fresh_and_to_that_of_init(finished_run, run_settings, tmp_path):
+    from alad.alignment.trainer import _init_adapters
+
+    fresh = _init_adapters(AlignConfig(windows=(3,)), student_dim=8, teacher_dim=6)
+    assert fresh[3].config.hidden_size == 128
+    mlp_run, _ = finished_run
+    settings = {k: v for k, v in run_settings.items() if k != "hidden_size"}
+    settings.update(windows=(3,), epochs=1)
+    align(tmp_path / "continued", init=str(mlp_run), **settings)  # no --hidden-size: the width of --init
+    assert _load(tmp_path / "continued", 3).config.hidden_size == run_settings["hidden_size"] != 128
+    with pytest.raises(ValueError, match=r"--hidden-size 64 does not match the --init adapter w3 \(hidden_size=32\)"):
+        align(tmp_path / "other", init=str(mlp_run), hidden_size=64, **settings)
+    with pytest.raises(ValueError, match="--hidden-size must be >= 1, got 0, e.g. --hidden-size 128"):
+        AlignConfig(hidden_size=0)
+
+
 @pytest.mark.parametrize("windows", [(2,), (1, 4)])
 def test_even_windows_are_refused(run_settings, tmp_path, windows):
     with pytest.raises(ValueError, match="window sizes must be odd"):

@@ -28,7 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from alad.adapters import ADAPTER_TYPES, AdapterConfig, AlignmentAdapter
-from alad.adapters.base import check_type_options, type_option_defaults
+from alad.adapters.base import DEFAULT_HIDDEN_SIZE, check_type_options, type_option_defaults
 from alad.alignment.cache import EmbeddingCache, TokenEmbeddings, corpus_hash, encode_spans
 from alad.alignment.pairing import AlignText, segment_texts, teacher_targets
 from alad.alignment.streaming import AlignmentStream, Chunk, StreamBatch, pad_batch, token_batches
@@ -84,11 +84,11 @@ class AlignConfig:
         default=None,
         metadata={"help": "odd window sizes trained together; default (1, 3, 5) or those of --init"},
     )
-    hidden_size: int = field(
-        default=128,
+    hidden_size: int | None = field(
+        default=None,
         metadata={
-            "help": "adapter MLP hidden width; 128 keeps 93-94%% of the paper's 1280's gain for about a quarter "
-            "of its latency (benchmarks/results/adapter_sizes-*)"
+            "help": f"adapter MLP hidden width (default {DEFAULT_HIDDEN_SIZE}, which keeps 93-94%% of the paper's "
+            "1280's gain for a quarter of its latency; with --init, that of the adapters continued)"
         },
     )
     activation: str = field(default="gelu", metadata={"help": "adapter activation"})
@@ -297,7 +297,7 @@ def _init_adapters(config: AlignConfig, student_dim: int, teacher_dim: int) -> d
                     student_dim=student_dim,
                     teacher_dim=teacher_dim,
                     window=window,
-                    hidden_size=config.hidden_size,
+                    hidden_size=config.hidden_size or DEFAULT_HIDDEN_SIZE,
                     activation=config.activation,
                     dropout=config.dropout,
                     adapter_type=config.adapter_type or "mlp",
@@ -334,6 +334,11 @@ def _init_adapters(config: AlignConfig, student_dim: int, teacher_dim: int) -> d
             raise ValueError(
                 f"--init adapter w{window} is of type {cfg.adapter_type!r}, not --adapter-type "
                 f"{config.adapter_type}; leave --adapter-type out to continue it, or align from scratch without --init"
+            )
+        if config.hidden_size is not None and cfg.hidden_size != config.hidden_size:
+            raise ValueError(
+                f"--hidden-size {config.hidden_size} does not match the --init adapter w{window} (hidden_size="
+                f"{cfg.hidden_size}); leave --hidden-size out to continue that adapter"
             )
         for name, value in options.items():
             if getattr(cfg, name) != value:
