@@ -237,11 +237,10 @@ def time_rows(rows: list[dict], task, items, config, args) -> dict:
     second, separately loaded copy of the student: its overhead over the student is pure measurement
     noise, stated beside the table."""
     torch.set_num_threads(args.threads)
-    timed: dict[tuple, str] = {}
+    timed: dict[tuple, dict] = {}  # the first row of each distinct model
     for row in rows:
-        timed.setdefault(latency_key(row), row["name"])
-    by_name = {row["name"]: row for row in rows}
-    models = {name: AladTaskModel.from_pretrained(Path(by_name[name]["folder"]) / MODEL_DIR) for name in timed.values()}
+        timed.setdefault(latency_key(row), row)
+    models = {row["name"]: AladTaskModel.from_pretrained(Path(row["folder"]) / MODEL_DIR) for row in timed.values()}
     student = rows[0]["name"]
     models[STUDENT_COPY] = AladTaskModel.from_pretrained(Path(rows[0]["folder"]) / MODEL_DIR)
     reference = models[student]
@@ -253,7 +252,7 @@ def time_rows(rows: list[dict], task, items, config, args) -> dict:
     batches = {b: real_length_batches(features, collate, b, args.latency_batches) for b in (1, 32)}
     timings = interleaved_latency(models, batches, rounds=args.rounds, reference=student, show_progress=not args.quiet)
     for row in rows:
-        measured = timings[timed[latency_key(row)]]
+        measured = timings[timed[latency_key(row)]["name"]]
         for b in (1, 32):
             row[f"ms_b{b}"] = measured[b]["median_ms"]
             row[f"overhead_b{b}_pct"] = measured[b]["overhead_pct"]

@@ -63,7 +63,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: Se
             default=argparse.SUPPRESS,
             metavar=f.name.upper(),
             type=lambda text, a=hints[f.name], n=f.name: _parse_value(text, a, n),
-            help=f"{f.metadata.get('help', '')} (default: {_show(default)})",
+            help=f"{f.metadata.get('help', '')} (default: {_show(default)})".replace("%", "%%"),  # argparse formats %
         )
 
 

@@ -19,6 +19,7 @@ all wait for it before reading.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -230,9 +231,7 @@ def encode_spans(
     model = encoder.model
     device = next(model.parameters()).device
     pad_id = encoder.tokenizer.pad_token_id or 0
-    starts = [0]
-    for length in lengths:
-        starts.append(starts[-1] + length)
+    starts = list(itertools.accumulate(lengths, initial=0))
     flat = torch.empty(starts[-1], encoder.hidden_size, dtype=torch.float16)
     for batch in _batches_by_tokens(lengths, max_tokens):
         width = max(lengths[i] for i in batch)

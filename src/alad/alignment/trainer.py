@@ -87,7 +87,7 @@ class AlignConfig:
     hidden_size: int | None = field(
         default=None,
         metadata={
-            "help": f"adapter MLP hidden width (default {DEFAULT_HIDDEN_SIZE}, which keeps 93-94%% of the paper's "
+            "help": f"adapter MLP hidden width (default {DEFAULT_HIDDEN_SIZE}, which keeps 93-94% of the paper's "
             "1280's gain for a quarter of its latency; with --init, that of the adapters continued)"
         },
     )
