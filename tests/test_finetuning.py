@@ -471,3 +471,62 @@ def test_qa_run_scores_both_evaluation_sets(qa_bert_dir, tmp_path, capsys):
     assert f"EM {v1['exact']:.2f}, F1 {v1['f1']:.2f}" in out
     assert main(["evaluate", str(tmp_path / "run"), "--split", "dev", "--quiet", "--squad-v1-eval", "false"]) == 0
     assert "SQuAD 1.1 dev" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("mode", "adapter_type"), [("frozen", "mlp"), ("frozen", "attention"), ("head-only", "mlp")])
+def test_cached_frozen_states_train_as_running_the_frozen_part(ner_config, tmp_path, mode, adapter_type):
+    """The frozen part's states, computed once, give the weights that running it every step gives."""
+    torch.manual_seed(0)
+    options = {"attention_dim": 8, "attention_heads": 2} if adapter_type == "attention" else {}
+    shape = AdapterConfig(student_dim=32, teacher_dim=24, hidden_size=16, adapter_type=adapter_type, **options)
+    AlignmentAdapter(shape).save_pretrained(tmp_path / "adapter")
+    config = dataclasses.replace(ner_config, mode=mode, adapter=str(tmp_path / "adapter"), epochs=2)
+    calls = []
+    original = finetune_module.cache_frozen_states
+
+    def counting(*args, **kwargs):
+        states = original(*args, **kwargs)
+        calls.append(states is not None)
+        return states
+
+    finetune_module.cache_frozen_states = counting
+    try:
+        cached = finetune(tmp_path / "cached", config, show_progress=False)
+        per_step = finetune(tmp_path / "per-step", dataclasses.replace(config, frozen_cache_mb=0), show_progress=False)
+    finally:
+        finetune_module.cache_frozen_states = original
+    assert calls == [True, False]
+    a, b = _weights(tmp_path / "cached/model/head.safetensors"), _weights(tmp_path / "per-step/model/head.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert cached["training"]["steps"] == per_step["training"]["steps"] > 0
+    assert math.isclose(cached["training"]["final_loss"], per_step["training"]["final_loss"], rel_tol=1e-4)
+
+
+def test_frozen_parts_run_without_dropout_and_the_cache_has_a_limit(ner_config, bert_dir, tmp_path):
+    from alad.finetuning.frozen_states import cache_frozen_states
+    from alad.models.task_model import build_task_model
+
+    torch.manual_seed(0)
+    AlignmentAdapter(AdapterConfig(student_dim=32, teacher_dim=24, hidden_size=16)).save_pretrained(tmp_path / "a")
+    splits = load_splits(ner_config)
+    task = finetune_module.get_task("ner")
+    labels = task.label_set(splits.train, None)
+    for mode, adapter_training in (("frozen", True), ("head-only", False), ("joint", True)):
+        model = build_task_model("ner", bert_dir, labels, adapter=tmp_path / "a", mode=mode).train()
+        assert model.head.training and model.dropout.training
+        assert model.encoder.training == (mode == "joint") and model.adapter.training == adapter_training
+        features = task.features(model, splits.train, ner_config)
+        states = cache_frozen_states(model, task, features, limit_mb=64)
+        assert model.training  # left in training mode
+        if mode == "joint":
+            assert states is None  # the encoder trains: nothing to cache
+            continue
+        width = 24 if mode == "head-only" else 32
+        assert [s.shape for s in states] == [(len(f.input_ids), width) for f in features]
+        batch = task.collate(model, features[:1])
+        with torch.no_grad():
+            assert torch.allclose(states[0], model.frozen_states(batch["input_ids"], batch["attention_mask"])[0])
+        tokens = sum(len(f.input_ids) for f in features)
+        assert cache_frozen_states(model, task, features, limit_mb=tokens * width * 4 / 2**20 * 0.99) is None
+    with pytest.raises(ValueError, match="frozen_cache_mb"):
+        dataclasses.replace(ner_config, frozen_cache_mb=-1)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 from tiny_tasks import MODES, save_tiny_bert, write_qa_data, write_recipe, write_squad_v1_data
 
 import alad.finetuning.trainer as finetune_module
@@ -581,3 +582,49 @@ def test_report_only_trains_nothing_and_lists_what_is_missing(recipe_run, monkey
         run_recipe(config, folder / "another-run", show_progress=False, report_only=True)
     # leave the finished recipe's results as they were for the other tests
     run_recipe(config, folder / "run", show_progress=False, report_only=True)
+
+
+def test_rows_in_worker_processes_match_the_sequential_run(bert_dir, sentences, tmp_path, monkeypatch):
+    """--jobs 2 trains the rows in two processes; at one thread each, every row equals the sequential one's."""
+    path = write_recipe(
+        tmp_path,
+        bert_dir,
+        sentences,
+        labels=[5, 20],
+        kd={"kd_weight": 0.5, "kd_temperature": 2.0, "kd_max_texts": 25},
+        finetune={"min_steps": 4},
+    )
+    monkeypatch.setenv("ALAD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(latency_module, "gc", NO_GC)
+    import alad.recipes.runner as runner_module
+
+    found_finished = []
+
+    def finetune_in_main(folder, *args, **kwargs):  # the workers (spawned) do not see this wrapper
+        found_finished.append((Path(folder) / "metrics.json").is_file())
+        return original(folder, *args, **kwargs)
+
+    original = runner_module.finetune
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' share of one thread: the same arithmetic as the sequential run
+    try:
+        config = load_run_config(path, "quick")
+        sequential = run_recipe(config, tmp_path / "sequential", show_progress=False)
+        monkeypatch.setattr(runner_module, "finetune", finetune_in_main)
+        parallel = run_recipe(config, tmp_path / "parallel", show_progress=False, jobs=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert parallel["jobs"] == 2 and parallel["wall_seconds"] > 0
+    assert list(parallel["pairs"][0]["wall_seconds"]) == ["teacher", "alignment", "rows"]
+    assert "with 2 row process(es)" in (tmp_path / "parallel/results.md").read_text()
+    assert len(found_finished) >= 10 and all(found_finished)  # every row was trained by a worker
+    for ours, theirs in zip(sequential["rows"], parallel["rows"], strict=True):
+        assert (ours["name"], ours["labels"]) == (theirs["name"], theirs["labels"])
+        assert ours["micro_f1"] == theirs["micro_f1"] and ours["macro_f1"] == theirs["macro_f1"]
+        if ours["model_dir"]:
+            a = load_file(str(Path(ours["model_dir"]) / "head.safetensors"))
+            b = load_file(str(Path(theirs["model_dir"]) / "head.safetensors"))
+            assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="jobs must be"):
+        run_recipe(config, tmp_path / "other", show_progress=False, jobs=0)
+    assert not (tmp_path / "other").exists()

@@ -57,3 +57,26 @@ def test_rng_state_round_trip_and_old_checkpoints():
     assert torch.equal(torch.rand(3), first)
     set_rng_state(state["cpu"])  # checkpoints written before CUDA support hold the bare CPU state
     assert torch.equal(torch.rand(3), first)
+
+
+def test_adamw_is_fused_where_it_can_be_and_steps_as_adamw():
+    from alad.training.loop import adamw
+
+    torch.manual_seed(0)
+    fused_model, plain_model = torch.nn.Linear(6, 4), torch.nn.Linear(6, 4)
+    plain_model.load_state_dict(fused_model.state_dict())
+    groups = [{"params": [fused_model.weight], "lr": 1e-2}, {"params": [fused_model.bias], "lr": 1e-1}]
+    fused = adamw(groups, weight_decay=0.01)
+    plain = torch.optim.AdamW(
+        [{"params": [plain_model.weight], "lr": 1e-2}, {"params": [plain_model.bias], "lr": 1e-1}], weight_decay=0.01
+    )
+    assert fused.defaults["fused"] and not plain.defaults.get("fused")
+    x = torch.randn(5, 6)
+    for _ in range(3):
+        for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+            optimizer.zero_grad()
+            model(x).pow(2).sum().backward()
+            optimizer.step()
+    assert torch.allclose(fused_model.weight, plain_model.weight, atol=1e-6)
+    assert torch.allclose(fused_model.bias, plain_model.bias, atol=1e-6)
+    assert not adamw([torch.zeros(2, dtype=torch.long, requires_grad=False)], lr=1.0).defaults["fused"]  # no float

@@ -304,6 +304,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     command += f" --device {args.device}" if args.device != "cpu" else ""
     command += f" --labels {args.labels}" if args.labels else ""
     command += " --report-only" if args.report_only else ""
+    command += f" --jobs {args.jobs}" if args.jobs != 1 else ""
     results = run_recipe(
         config,
         out,
@@ -312,6 +313,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
         labels=args.labels,
         report_only=args.report_only,
+        jobs=args.jobs,
     )
     print(format_results(results))
     print(f"results: {Path(out) / 'results.md'}, {Path(out) / 'results.json'}, plots in {out}")
@@ -454,6 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--report-only",
         action="store_true",
         help="train nothing: write the results of the finished stages and rows, listing the rows not run yet",
+    )
+    p_run.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="train the rows of stage 3 and the baselines in this many worker processes, sharing the torch "
+        "threads (2 on a 2-core CPU: one thread per row); results as with 1 up to float rounding (default: 1)",
     )
     p_run.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_device_argument(p_run)

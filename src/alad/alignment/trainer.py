@@ -46,7 +46,7 @@ from alad.io.serialization import (
 )
 from alad.models.encoders import MINILM, MPNET, Encoder, load_encoder, resolve_device
 from alad.training import distributed
-from alad.training.loop import ResumableLoop, optimizer_step, rng_state, set_rng_state
+from alad.training.loop import ResumableLoop, adamw, optimizer_step, rng_state, set_rng_state
 from alad.validation import (
     check_align_inputs,
     check_finite_parameters,
@@ -553,7 +553,7 @@ class _AlignmentRun:
         self.trainers: dict[int, _Trainer] = {}
         for window, adapter in _init_adapters(config, data.student_dim, data.teacher_dim).items():
             adapter.to(ctx.device)
-            optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+            optimizer = adamw(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
             trainer = self.trainers[window] = _Trainer(adapter, optimizer, None)
             trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(
                 optimizer, _lr_factor(config, steps_per_epoch, total_steps, trainer)

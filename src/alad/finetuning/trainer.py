@@ -24,6 +24,7 @@ import torch
 from alad.alignment.trainer import alignment_loss, warmup_linear_decay
 from alad.compression import is_quantized_folder, joint_mode_error
 from alad.data.task_data import DataSource, disjoint_splits, seeded_subset
+from alad.finetuning.frozen_states import FROZEN_STATES, add_frozen_states, cache_frozen_states
 from alad.io.run_folder import claim_run_folder
 from alad.io.serialization import (
     config_from_dict,
@@ -37,7 +38,7 @@ from alad.models.encoders import MINILM, resolve_device
 from alad.models.task_model import MODES, AladTaskModel, build_task_model
 from alad.tasks import TASKS, Task, get_task, predict_tags  # noqa: F401  (predict_tags: re-exported)
 from alad.training import distributed
-from alad.training.loop import ResumableLoop, optimizer_step, rng_state, set_rng_state
+from alad.training.loop import ResumableLoop, adamw, optimizer_step, rng_state, set_rng_state
 from alad.validation import check_finetune_inputs, check_finite_parameters, validate_finetune_config
 
 logger = logging.getLogger(__name__)
@@ -145,6 +146,13 @@ class FinetuneConfig:
     )
     seed: int = field(default=0, metadata={"help": "seed of subsets, batching, head init and dropout"})
     checkpoint_every: int = field(default=100, metadata={"help": "checkpoint every N steps (0: epoch ends only)"})
+    frozen_cache_mb: float = field(
+        default=4096,
+        metadata={
+            "help": "frozen and head-only modes: keep the frozen part's states of every training item in memory up "
+            "to this many MB (float32) and train on them, instead of running the frozen encoder each step (0: off)"
+        },
+    )
     max_length: int = field(default=384, metadata={"help": "qa: tokens per question+context window"})
     doc_stride: int = field(default=128, metadata={"help": "qa: overlap between context windows"})
     max_answer_length: int = field(default=30, metadata={"help": "qa: longest answer span in tokens"})
@@ -179,6 +187,8 @@ class FinetuneConfig:
             raise ValueError(f"align_weight must be >= 0, got {self.align_weight}")
         if self.align_weight > 0 and not (self.adapter and self.teacher):
             raise ValueError("align_weight > 0 needs --adapter (what is kept aligned) and --teacher (its states)")
+        if not (math.isfinite(self.frozen_cache_mb) and self.frozen_cache_mb >= 0):
+            raise ValueError(f"frozen_cache_mb must be >= 0 (0: off), got {self.frozen_cache_mb}")
         if self.min_steps < 0:
             raise ValueError(f"min_steps must be >= 0, got {self.min_steps}")
         if self.head_init == "teacher" and not (self.adapter and self.teacher):
@@ -305,7 +315,10 @@ def training_loss(
     model: AladTaskModel, task: Task, batch: dict[str, torch.Tensor], config: FinetuneConfig
 ) -> torch.Tensor:
     """Task cross-entropy, mixed with distillation (``kd_weight``), plus the auxiliary alignment loss."""
-    states = model.token_states(batch["input_ids"], batch["attention_mask"])
+    if FROZEN_STATES in batch:  # frozen / head-only: the frozen part's states, computed once (frozen_states)
+        states = model.states_from_frozen(batch[FROZEN_STATES], batch["attention_mask"])
+    else:
+        states = model.token_states(batch["input_ids"], batch["attention_mask"])
     logits = model.head(model.dropout(states))
     loss = task.loss(logits, batch)
     if config.kd_weight > 0:
@@ -327,7 +340,7 @@ def _optimizer(model: AladTaskModel, config: FinetuneConfig) -> torch.optim.Opti
         {"params": trainable("head."), "lr": config.lr_head},
     ]
     groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    return adamw(groups, weight_decay=config.weight_decay)
 
 
 def train_task_model(
@@ -359,6 +372,7 @@ def train_task_model(
         description=f"fine-tuning {model.config.task} ({model.config.mode})",
         show_progress=show_progress,
     )
+    frozen = cache_frozen_states(model, task, features, config.frozen_cache_mb, show_progress)
     optimizer = _optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_linear_decay(loop.total_steps(), config.warmup_ratio)
@@ -408,17 +422,21 @@ def train_task_model(
 
     device = next(model.parameters()).device
 
+    def collate(rows: list[int]) -> dict[str, torch.Tensor]:
+        batch = task.collate(model, [features[i] for i in rows])
+        if frozen is not None:
+            batch = add_frozen_states(batch, [frozen[i] for i in rows])
+        return {name: value.to(device) for name, value in batch.items()}
+
     def train_step(batch_indices: list[int]) -> dict[str, str]:
         trainable = [p for p in model.parameters() if p.requires_grad]
         if world == 1:
-            batch = task.collate(model, [features[i] for i in batch_indices])
-            loss = training_loss(model, task, {name: value.to(device) for name, value in batch.items()}, config)
+            loss = training_loss(model, task, collate(batch_indices), config)
             optimizer_step(loss, optimizer, scheduler, trainable, config.grad_clip)
         else:
             rows = batch_indices[rank::world]
             if rows:
-                batch = task.collate(model, [features[i] for i in rows])
-                loss = training_loss(model, task, {name: value.to(device) for name, value in batch.items()}, config)
+                loss = training_loss(model, task, collate(rows), config)
                 loss = loss * (len(rows) / len(batch_indices))
             else:  # fewer items in this batch than processes: this one adds nothing
                 loss = torch.zeros((), device=device)

@@ -46,6 +46,8 @@ TASK_MODEL_KIND = "alad_task_model"
 TASK_CONFIG = "task_config.json"
 HEAD_WEIGHTS = "head.safetensors"
 MODES = ("frozen", "joint", "head-only", "teacher-head")
+FROZEN_ENCODER_MODES = ("frozen", "head-only", "teacher-head")
+"""Modes whose student encoder does not train (and so runs without dropout)."""
 
 
 @dataclass
@@ -108,15 +110,41 @@ class AladTaskModel(nn.Module):
 
     def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The states the head reads: adapter output (teacher space) or the encoder's own."""
-        out = self.encoder(
-            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=self.config.student_layer != -1
-        )
-        states = (
-            out.last_hidden_state if self.config.student_layer == -1 else out.hidden_states[self.config.student_layer]
-        )
+        states = self.encoder_states(input_ids, attention_mask)
         if self.adapter is not None:
             states = self.adapter(states, attention_mask)
         return states
+
+    def encoder_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The student's states at ``student_layer``: what the adapter (or, without one, the head) reads."""
+        out = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=self.config.student_layer != -1
+        )
+        layer = self.config.student_layer
+        return out.last_hidden_state if layer == -1 else out.hidden_states[layer]
+
+    def frozen_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The output of the part the mode freezes: the encoder's states in ``frozen`` mode, the adapter's
+        in ``head-only`` (where the adapter is frozen too). Fixed while training: computed once per item."""
+        if self.config.mode == "head-only":
+            return self.token_states(input_ids, attention_mask)
+        return self.encoder_states(input_ids, attention_mask)
+
+    def states_from_frozen(self, frozen: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`token_states` from :meth:`frozen_states`' output: the trainable adapter on top, if any."""
+        if self.config.mode == "frozen" and self.adapter is not None:
+            return self.adapter(frozen, attention_mask)
+        return frozen
+
+    def train(self, mode: bool = True) -> AladTaskModel:
+        """Training mode for the parts that train; a frozen encoder (and in ``head-only`` mode a frozen
+        adapter) stays in eval mode, without dropout: it is a fixed feature extractor, as deployed."""
+        super().train(mode)
+        if mode and self.config.mode in FROZEN_ENCODER_MODES:
+            self.encoder.eval()
+            if self.adapter is not None and self.config.mode != "frozen":
+                self.adapter.eval()
+        return self
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits [B, T, num_labels] (token tasks) or [B, T, 2] start/end (qa)."""

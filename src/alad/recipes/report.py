@@ -46,6 +46,9 @@ def format_results(results: dict) -> str:
         f"Command: `{results.get('command', '')}`  ",
         f"Machine: {results.get('machine', '')}",
     ]
+    if results.get("wall_seconds") is not None:
+        lines[-1] += "  "
+        lines.append(_wall_clock_line(results))
     if "article_split" in info:
         split = info["article_split"]
         lines.append(f"Article split (seeded): {json.dumps({k: v for k, v in split.items() if 'titles' not in k})}")
@@ -85,6 +88,19 @@ def format_results(results: dict) -> str:
         "evaluation texts).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _wall_clock_line(results: dict) -> str:
+    """How long this invocation took, per pair and phase (stages reused from disk take ~0 s)."""
+    phases = "; ".join(
+        f"{pair['name']}: " + ", ".join(f"{phase} {sec / 60:.1f}" for phase, sec in pair["wall_seconds"].items())
+        for pair in results["pairs"]
+        if pair.get("wall_seconds")
+    )
+    return (
+        f"Wall clock of this invocation: {results['wall_seconds'] / 60:.1f} min with {results.get('jobs', 1)} "
+        f"row process(es), latency pass included ({phases} min; a finished stage or row is reused, not re-timed)."
+    )
 
 
 EXTRA_COLUMNS = ("v1.1_exact", "v1.1_f1")  # shown where rows have them (QA with squad_v1_eval)

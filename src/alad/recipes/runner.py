@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from alad.io.serialization import read_json, write_json_atomic, write_text_atomi
 from alad.models.encoders import load_encoder, resolve_device
 from alad.recipes.config_files import load_run_file
 from alad.recipes.report import format_results, plot_results
+from alad.recipes.row_jobs import RowJob, run_row_jobs
 from alad.tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -315,6 +317,7 @@ class _Context:
     device: str
     extra_texts: list[str]
     report_only: bool = False
+    jobs: int = 1
     missing: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -373,19 +376,24 @@ def run_recipe(
     device: str = "cpu",
     labels: str | Sequence | None = None,
     report_only: bool = False,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Execute every stage, baseline and ablation of ``config``; write results.json, .md and plots.
 
     ``labels`` (or the config's ``labels``) lists the label budgets of stage 3 and the baselines;
     default: the profile's ``max_train``. ``device`` trains (and embeds) there; latency is always
     measured on the CPU. ``report_only`` trains nothing: it reports the finished stages and rows and
-    lists the rows not run yet (an interrupted or partial recipe).
+    lists the rows not run yet (an interrupted or partial recipe). ``jobs`` > 1 trains the rows of
+    stage 3 and the baselines in that many worker processes, sharing the torch threads.
     """
     resolve_device(device)  # a wrong device fails before anything is written
+    if type(jobs) is not int or jobs < 1:
+        raise ValueError(f"jobs must be a whole number >= 1 (worker processes for the rows), got {jobs!r}")
+    started = time.perf_counter()
     check_recipe(config)
     check_run_folder(out_dir, "recipe_run")  # an existing folder that is not an alad recipe run is refused
     ctx = _context(config, Path(out_dir), show_progress, device, labels)
-    ctx.report_only = report_only
+    ctx.report_only, ctx.jobs = report_only, jobs
     claim_run_folder(ctx.out, "recipe_run")
     write_json_atomic(ctx.out / "run_config.json", config)
     all_rows, pairs_out = [], []
@@ -407,6 +415,8 @@ def run_recipe(
         "rows": all_rows,
         "latency": latency,
         "missing": ctx.missing,
+        "jobs": jobs,
+        "wall_seconds": round(time.perf_counter() - started, 1),  # this invocation (finished stages are reused)
     }
     write_json_atomic(ctx.out / "results.json", results)
     write_text_atomic(ctx.out / "results.md", format_results(results))
@@ -470,14 +480,44 @@ def _run_pair(ctx: _Context, pair: dict) -> tuple[list[dict], dict]:
     """Stages 0-3, baselines, distillation and the random-init ablation for one pair, per label budget."""
     name = pair.get("name") or f"{_slug(str(pair['student']))}-to-{_slug(pair['teacher'])}"
     pair_dir = ctx.out / check_path_name(name, "pair name")  # never a path: '../x' would write above out
+    clock = _Stopwatch()
     student = resolve_student(pair, ctx.out.parent / "models")
     teacher_dir, teacher_result = _teacher_run(
         ctx.config, pair, ctx.teachers_dir, ctx.show_progress, ctx.device, ctx.report_only
     )
     rows = [_row(TEACHER_ROW, "teacher", teacher_result, ctx.task, teacher_dir / MODEL_DIR, True, labels=None)]
+    clock.lap("teacher")
     alignment = align_stages(ctx, pair, name, pair_dir, student, teacher_dir / MODEL_DIR / "encoder")
     teacher_emb = _cosine_reference(ctx.config, ctx.splits, teacher_dir / MODEL_DIR / "encoder", ctx.show_progress)
+    clock.lap("alignment")
     runner = _RowRunner(ctx, pair_dir, student, teacher_dir, teacher_emb)
+    if ctx.jobs > 1 and not ctx.report_only:  # train every row in worker processes, then score them here
+        runner.planned = []
+        pair_rows(ctx, runner, name, pair_dir, alignment)
+        run_row_jobs(runner.planned, ctx.splits, ctx.jobs, ctx.device, ctx.show_progress, label=name)
+        runner.planned = None
+    rows += pair_rows(ctx, runner, name, pair_dir, alignment)
+    clock.lap("rows")
+    summary = _summarise_pair(name, student, pair["teacher"], rows, alignment, ctx.main_budget)
+    return rows, {**summary, "wall_seconds": clock.laps}
+
+
+class _Stopwatch:
+    """Wall-clock seconds of a pair's phases in this invocation (a phase reused from disk takes ~0 s)."""
+
+    def __init__(self) -> None:
+        self.last, self.laps = time.perf_counter(), {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.last, 1)
+        self.last = now
+
+
+def pair_rows(ctx: _Context, runner: _RowRunner, name: str, pair_dir: Path, alignment: dict) -> list[dict]:
+    """Every stage-3 row of one pair: teacher-head, the stage-1 comparison, the stage-3 comparison, then
+    per label budget (the main one first) the student, random-init, AlAd and distillation rows."""
+    rows = []
     for window in tuple(int(w) for w in ctx.config["windows"]):
         adapter_dir = alignment["adapters"][str(window)]
         random_dir = _random_adapter(ctx, pair_dir, adapter_dir, window)
@@ -514,8 +554,7 @@ def _run_pair(ctx: _Context, pair: dict) -> tuple[list[dict], dict]:
             rows += stage3_variants(runner, compare, window, adapter_dir, ctx.main_budget)
         for budget in sorted(ctx.budgets, key=lambda b: (b != ctx.main_budget, -b)):  # the main budget first
             rows += stage3_rows(ctx, runner, budget, window, adapter_dir, random_dir)
-    rows = [row for row in rows if row is not None]  # None: not run yet (report_only)
-    return rows, _summarise_pair(name, student, pair["teacher"], rows, alignment, ctx.main_budget)
+    return [row for row in rows if row is not None]  # None: not run yet (report_only), or only planned
 
 
 class _RowRunner:
@@ -524,6 +563,7 @@ class _RowRunner:
     def __init__(self, ctx: _Context, pair_dir: Path, student: str, teacher_dir: Path, teacher_emb) -> None:
         self.ctx, self.pair_dir, self.student, self.teacher_dir = ctx, pair_dir, student, teacher_dir
         self.teacher_emb = teacher_emb
+        self.planned: list[RowJob] | None = None  # a list: rows are only listed (for worker processes), not run
 
     def run(
         self,
@@ -550,6 +590,9 @@ class _RowRunner:
         folder = self.pair_dir / (sub or f"labels-{budget}") / key
         if ctx.report_only and not (folder / METRICS).is_file():
             ctx.missing.append(str(folder.relative_to(ctx.out)))
+            return None
+        if self.planned is not None:
+            self.planned.append(RowJob(folder, ft, budget))
             return None
         splits = ctx.splits.with_budget(budget)
         result = finetune(folder, ft, splits=splits, show_progress=ctx.show_progress, device=ctx.device)

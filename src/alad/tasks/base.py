@@ -131,17 +131,27 @@ class Task:
 
 
 @torch.inference_mode()
-def batched_logits(model: Any, task: Task, features: Sequence, batch_size: int = 32, show_progress: bool = False):
-    """Logits of every feature (unpadded, on the CPU), batched by length."""
+def batched_logits(
+    model: Any,
+    task: Task,
+    features: Sequence,
+    batch_size: int = 32,
+    show_progress: bool = False,
+    forward: Any = None,
+    description: str = "predicting",
+):
+    """Logits of every feature (unpadded, on the CPU), batched by length; ``forward(input_ids,
+    attention_mask)`` instead of the model's own gives any other per-token output (e.g. states)."""
     model.eval()
+    forward = forward or model
     out: list = [None] * len(features)
     lengths = [len(f.input_ids) for f in features]
     order = sorted(range(len(features)), key=lambda i: lengths[i])
     device = next((p.device for p in model.parameters()), torch.device("cpu"))  # none: an ONNX model
-    for start in tqdm(range(0, len(order), batch_size), disable=not show_progress, desc="predicting"):
+    for start in tqdm(range(0, len(order), batch_size), disable=not show_progress, desc=description):
         indices = order[start : start + batch_size]
         batch = task.collate(model, [features[i] for i in indices])
-        logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu()
+        logits = forward(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu()
         for row, i in enumerate(indices):
             out[i] = logits[row, : lengths[i]]
     return out

@@ -1,0 +1,75 @@
+"""Train a recipe's rows in worker processes (``alad run --jobs N``).
+
+Once the teacher and the alignment are done, the rows of stage 3 and the baselines are independent
+fine-tuning runs, each writing its own folder. On a small CPU, one torch thread per row and rows side
+by side use the cores better than every thread on one small-batch row at a time. Each worker runs
+:func:`finetune` exactly as the sequential path does (same settings, data and seed; only the
+thread count, and so float rounding, differs); the runner then reads the finished folders in order,
+so the results are assembled the same way.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from alad.finetuning.trainer import METRICS, FinetuneConfig, TaskSplits, finetune
+
+
+@dataclass(frozen=True)
+class RowJob:
+    """One row to train: its run folder, settings and label budget."""
+
+    folder: Path
+    config: FinetuneConfig
+    budget: int
+
+    def cost(self) -> tuple:
+        """Largest first, so the long rows do not start last: joint before frozen, distillation first."""
+        return (self.config.mode == "joint", self.config.kd_weight > 0, self.budget)
+
+
+_SPLITS: TaskSplits | None = None  # a worker's copy of the run's data, sent once
+
+
+def _start_worker(splits: TaskSplits, threads: int) -> None:
+    global _SPLITS
+    _SPLITS = splits
+    torch.set_num_threads(threads)
+
+
+def _train(job: RowJob, device: str) -> str:
+    finetune(job.folder, job.config, splits=_SPLITS.with_budget(job.budget), show_progress=False, device=device)
+    return job.folder.name
+
+
+def run_row_jobs(
+    jobs: list[RowJob], splits: TaskSplits, workers: int, device: str, show_progress: bool, label: str = ""
+) -> None:
+    """Train the unfinished ``jobs`` in ``workers`` processes sharing this process's torch threads.
+
+    A failed row stops the others (their folders resume on the next run) and its error is raised here.
+    """
+    pending = sorted((job for job in jobs if not (job.folder / METRICS).is_file()), key=RowJob.cost, reverse=True)
+    if not pending:
+        return
+    workers = min(workers, len(pending))
+    threads = max(1, torch.get_num_threads() // workers)
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(splits, threads))
+    try:
+        futures = [pool.submit(_train, job, device) for job in pending]
+        with tqdm(total=len(futures), disable=not show_progress, desc=f"{label} rows ({workers} processes)") as bar:
+            remaining = set(futures)
+            while remaining:
+                done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                for future in done:
+                    bar.set_postfix_str(future.result(), refresh=False)  # raises a row's error here
+                    bar.update()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
