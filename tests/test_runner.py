@@ -628,3 +628,24 @@ def test_rows_in_worker_processes_match_the_sequential_run(bert_dir, sentences, 
     with pytest.raises(ValueError, match="jobs must be"):
         run_recipe(config, tmp_path / "other", show_progress=False, jobs=0)
     assert not (tmp_path / "other").exists()
+
+
+SHIPPED = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_recipe_and_profile_passes_the_checks(path):
+    """Each config in configs/, in each of its profiles, is accepted (settings only: no data, no model)."""
+    from alad.recipes.config_files import load_run_file
+    from alad.recipes.runner import check_recipe
+
+    profiles = load_run_file(path)["profiles"]
+    assert "quick" in profiles
+    for profile in profiles:
+        config = load_run_config(path, profile)
+        check_recipe(config)
+        assert config["pairs"] and config["profile"] == profile
+    if path.stem == "ner_conll03":  # the quick profile runs every row at every budget; the comparison its own profile
+        quick, compare = load_run_config(path, "quick"), load_run_config(path, "quick-stage3")
+        assert "sweep_rows" not in quick and "stage3_compare" not in quick
+        assert compare["stage3_compare"]["variants"] and compare["labels"] == quick["labels"] == [100, 300, 1000, 2000]
