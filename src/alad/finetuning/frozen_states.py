@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from alad.tasks.base import Task, batched_logits
 
@@ -55,9 +56,5 @@ def cache_frozen_states(
 
 def add_frozen_states(batch: dict[str, torch.Tensor], states: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
     """``batch`` with the cached states of its rows, padded with zeros to its width (right padding,
-    as every task's collate pads ``input_ids``)."""
-    rows, width = batch["input_ids"].shape
-    padded = torch.zeros(rows, width, states[0].shape[-1], dtype=states[0].dtype)
-    for row, state in enumerate(states):
-        padded[row, : state.shape[0]] = state
-    return {**batch, FROZEN_STATES: padded}
+    as every task's collate pads ``input_ids``: the longest item sets both widths)."""
+    return {**batch, FROZEN_STATES: pad_sequence(list(states), batch_first=True)}  # each item's length: its input_ids

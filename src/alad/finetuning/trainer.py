@@ -607,7 +607,7 @@ def training_features(
 ) -> tuple[list, dict[str, int]]:
     """Labelled features (with the teacher's states for the auxiliary alignment loss), plus, when
     distilling, unlabelled features; every feature then carries the teacher's soft targets."""
-    from alad.finetuning.teacher_signals import attach_alignment_targets, cached_soft_targets
+    from alad.finetuning.teacher_signals import attach_alignment_targets
 
     features = task.features(model, splits.train, config)
     counts = {"labelled_items": len(splits.train), "unlabelled_items": 0}
@@ -617,16 +617,25 @@ def training_features(
             task, features, splits.train, model.tokenizer, encoder_dir, show_progress=show_progress
         )
     if config.kd_weight > 0:
-        unlabelled = task.strip_labels(splits.unlabelled(config.kd_max_texts))
+        unlabelled, soft = distillation_targets(task, splits, config, show_progress)
         extra = task.features(model, unlabelled, config, labelled=False)
-        soft = cached_soft_targets(
-            task, Path(config.teacher) / MODEL_DIR, list(splits.train) + unlabelled, show_progress=show_progress
-        )
         task.attach_soft_targets(features, soft[: len(splits.train)])
         task.attach_soft_targets(extra, soft[len(splits.train) :])
         features = features + extra
         counts["unlabelled_items"] = len(unlabelled)
     return features, counts
+
+
+def distillation_targets(
+    task: Task, splits: TaskSplits, config: FinetuneConfig, show_progress: bool = False
+) -> tuple[list, list[torch.Tensor]]:
+    """The unlabelled items distillation reads (labels stripped) and the teacher's soft targets on the
+    labelled items then those, from the cache (computed there once per teacher and exact item list)."""
+    from alad.finetuning.teacher_signals import cached_soft_targets
+
+    unlabelled = task.strip_labels(splits.unlabelled(config.kd_max_texts))
+    items = list(splits.train) + unlabelled
+    return unlabelled, cached_soft_targets(task, Path(config.teacher) / MODEL_DIR, items, show_progress=show_progress)
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[AladTaskModel, FinetuneConfig]:

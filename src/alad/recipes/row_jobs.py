@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from alad.finetuning.trainer import METRICS, FinetuneConfig, TaskSplits, finetune
+from alad.finetuning.trainer import METRICS, FinetuneConfig, TaskSplits, distillation_targets, finetune
+from alad.tasks import get_task
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,17 @@ def _train(job: RowJob, device: str) -> str:
     return job.folder.name
 
 
+def _distillation_targets_once(jobs: list[RowJob], splits: TaskSplits, show_progress: bool) -> None:
+    """The teacher's soft targets of every distinct distillation set, cached here first: rows started side
+    by side would otherwise each run the teacher over the same items (the KD rows of one budget share them)."""
+    done = set()
+    for job in jobs:
+        key = (job.config.teacher, job.budget, job.config.kd_max_texts)
+        if job.config.kd_weight > 0 and key not in done:
+            done.add(key)
+            distillation_targets(get_task(job.config.task), splits.with_budget(job.budget), job.config, show_progress)
+
+
 def run_row_jobs(
     jobs: list[RowJob], splits: TaskSplits, workers: int, device: str, show_progress: bool, label: str = ""
 ) -> None:
@@ -58,6 +70,7 @@ def run_row_jobs(
     pending = sorted((job for job in jobs if not (job.folder / METRICS).is_file()), key=RowJob.cost, reverse=True)
     if not pending:
         return
+    _distillation_targets_once(pending, splits, show_progress)
     workers = min(workers, len(pending))
     threads = max(1, torch.get_num_threads() // workers)
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
