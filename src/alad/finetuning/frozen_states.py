@@ -5,7 +5,7 @@ In ``frozen`` mode the student encoder never changes and runs without dropout (s
 trainable part reads are the same in every epoch. Computing them once and padding them into each
 batch gives the batches a per-step encoder pass would (up to float rounding of the padding), at a
 fraction of the cost: ``min_steps`` gives a 100-label budget some 24 epochs over the same items,
-and every epoch of a frozen row used to spend about three quarters of its step in the encoder.
+and each of them ran the whole frozen encoder again.
 """
 
 from __future__ import annotations
