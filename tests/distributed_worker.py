@@ -43,10 +43,10 @@ def main() -> None:
         built: list[int] = []  # the cache shards this process embedded
         original = EmbeddingCache._build
 
-        def spy(self, encoder, spans, layer, directory, manifest, indices, show_progress):
+        def spy(self, encoder, spans, layer, directory, manifest, indices, *rest):
             indices = list(indices)
             built.extend(indices)
-            return original(self, encoder, spans, layer, directory, manifest, indices, show_progress)
+            return original(self, encoder, spans, layer, directory, manifest, indices, *rest)
 
         EmbeddingCache._build = spy
         summary = align(job["out"], config, texts=job["texts"], show_progress=False, **job.get("align", {}))

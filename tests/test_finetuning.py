@@ -528,5 +528,5 @@ def test_frozen_parts_run_without_dropout_and_the_cache_has_a_limit(ner_config, 
             assert torch.allclose(states[0], model.frozen_states(batch["input_ids"], batch["attention_mask"])[0])
         tokens = sum(len(f.input_ids) for f in features)
         assert cache_frozen_states(model, task, features, limit_mb=tokens * width * 4 / 2**20 * 0.99) is None
-    with pytest.raises(ValueError, match="frozen_cache_mb"):
+    with pytest.raises(ValueError, match="--frozen-cache-mb must be >= 0, got -1.0"):
         dataclasses.replace(ner_config, frozen_cache_mb=-1)

@@ -89,3 +89,31 @@ def test_model_latency_custom_inputs_and_synthetic_inputs():
     result = model_latency(model, make_inputs, batch_sizes=(1, 2), repeats=2, warmup=0)
     assert seen == [1, 2]
     assert result[2]["seq_len"] == 5 and result[2]["median_ms"] > 0
+
+
+def test_compute_signature_ignores_weights_and_names_not_shapes_or_settings():
+    from transformers import BertConfig, BertModel
+
+    from alad.evaluation.latency import compute_signature
+
+    def bert(seed: int = 0, **changes) -> BertModel:
+        settings = dict(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100
+        )
+        torch.manual_seed(seed)
+        model = BertModel(BertConfig(**{**settings, **changes}))
+        model.config._name_or_path = f"somewhere/{seed}"  # a name, not a setting
+        return model
+
+    reference = compute_signature(bert(0))
+    assert compute_signature(bert(1)) == reference  # other weights, other name: the same compute
+    assert compute_signature(bert(0, intermediate_size=128)) != reference  # other shapes
+    assert compute_signature(bert(0, hidden_act="relu")) != reference  # other activation, same shapes
+    assert compute_signature(bert(0).to(torch.float64)) != reference  # other dtype
+    quantized = torch.ao.quantization.quantize_dynamic(bert(0), {torch.nn.Linear}, dtype=torch.qint8)
+    assert compute_signature(quantized) != reference  # other kernels
+    assert compute_signature(bert(0), [[1, 2, 3]]) != compute_signature(bert(0), [[1, 2]])  # other inputs
+    other_attention = bert(0)
+    current = other_attention.config._attn_implementation
+    other_attention.config._attn_implementation = "sdpa" if current == "eager" else "eager"
+    assert compute_signature(other_attention) != reference

@@ -69,8 +69,14 @@ def test_recipe_rows(recipe_run):
         assert 2 < row["latency_tokens_b1"] < 20, row
     # one interleaved pass over every row of the main budget, at the end
     threads = torch.get_num_threads()
-    assert results["latency"] == {"rounds": 2, "calls": 3, "threads": threads, "rows": 9, "eval_items": 10}
+    # the teacher, the student (frozen and joint) and the student with an adapter (5 rows): 3 models timed
+    assert results["latency"] == {
+        "rounds": 2, "calls": 3, "threads": threads, "rows": 9, "models_timed": 3, "eval_items": 10
+    }  # fmt: skip
     by_name = {r["name"]: r for r in rows}
+    timing = {r["name"]: (r["latency_ms_b1"], r["latency_ms_b32"]) for r in rows}
+    assert timing[STUDENT_FROZEN] == timing[STUDENT_JOINT] != timing[TEACHER]
+    assert len({timing[r["name"]] for r in rows if r["kind"] in ("alad", "random")}) == 1
     # the 1-layer student is smaller than the 2-layer teacher; the adapter and head add a little
     teacher, student = by_name[TEACHER], by_name[STUDENT_FROZEN]
     assert student["params"] < teacher["params"]
@@ -329,6 +335,26 @@ def test_recipe_stage_options_take_the_adapter_type_and_are_checked():
         check_recipe({"windows": [3], "stage1": {"adapter_type": "lstm"}})
     with pytest.raises(ValueError, match=r"attention_dim \(8\) must be divisible by attention_heads \(3\)"):
         check_recipe({**recipe, "stage2": {"attention_heads": 3}})
+
+
+def test_recipe_precision_reaches_alignment_and_stage_3_not_the_teacher():
+    from alad.recipes.runner import _finetune_config, check_recipe
+
+    recipe = {"task": "ner", "windows": [3], "precision": "bf16", "stage1": {"epochs": 1}}
+    check_recipe(recipe)
+    assert _finetune_config(recipe).precision == "bf16"  # stage 3 and the baselines
+    teacher = _finetune_config(recipe, stage3=False, student="t", adapter=None, mode="joint")
+    assert teacher.precision == "fp32"  # so a teacher is reused whatever the run's precision
+    assert (
+        _finetune_config(
+            {**recipe, "teacher_finetune": {"precision": "bf16"}},
+            stage3=False,
+            **({"student": "t", "adapter": None, "mode": "joint", "precision": "bf16"}),
+        ).precision
+        == "bf16"
+    )  # the teacher's own setting
+    with pytest.raises(ValueError, match="--precision must be one of fp32, bf16, got 'fp16'"):
+        check_recipe({**recipe, "precision": "fp16"})
 
 
 @pytest.mark.parametrize("profile", ["quick", "full"])

@@ -83,6 +83,7 @@ RANGES: dict[str, Range] = {
     "squad_dev_articles_to_train": Range(0, example="0"),
     "squad_negatives": Range(0, example="0.1"),
     "min_steps": Range(0, example="150"),
+    "frozen_cache_mb": Range(0, example="4096"),
     "kd_weight": Range(0, 1, example="0.5"),
     "kd_temperature": Range(0, low_open=True, example="2"),
     "kd_max_texts": Range(1, example="4000"),
@@ -96,6 +97,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "corpus_format": ("auto", "text", "conll2003", "conllu", "squad", "squad-pairs"),
     "tag": ("upos", "xpos"),
     "schedule": ("linear", "plateau"),
+    "precision": ("fp32", "bf16"),
 }
 _MODEL_FIELDS = ("student", "teacher")
 _MODEL_HINT = "a packaged name (all-MiniLM-L6-v2, all-mpnet-base-v2), a model folder or a hub id"

@@ -46,6 +46,7 @@ from alad.io.serialization import (
 from alad.models.encoders import Encoder, cache_root, model_fingerprint, tokenizer_fingerprint
 from alad.training import distributed
 from alad.training.memory import trim_heap
+from alad.training.precision import autocast
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def corpus_hash(texts: Sequence[AlignText]) -> str:
     return digest.hexdigest()
 
 
-def cache_key(encoder: Encoder, texts: Sequence[AlignText], layer: int) -> dict:
+def cache_key(encoder: Encoder, texts: Sequence[AlignText], layer: int, precision: str = "fp32") -> dict:
     """Everything that determines the cached states; two runs share a cache only if all match."""
     key = {
         "format_version": FORMAT_VERSION,
@@ -179,6 +180,8 @@ def cache_key(encoder: Encoder, texts: Sequence[AlignText], layer: int) -> dict:
     }
     if is_pair_corpus(texts):
         key["text_pairs"] = "one input, no segment ids"
+    if precision != "fp32":  # fp32 caches keep the keys they had before the option
+        key["precision"] = precision
     return key
 
 
@@ -220,8 +223,10 @@ def encode_spans(
     layer: int = -1,
     max_tokens: int = 8192,
     progress: tqdm | None = None,
+    precision: str = "fp32",
 ) -> list[torch.Tensor]:
     """Run the encoder on pre-tokenised texts; returns one float16 [T, d] tensor per text.
+    ``precision`` bf16 runs the encoder under bfloat16 autocast (:mod:`alad.training.precision`).
 
     The texts' states are views of one [sum T, d] tensor, filled batch by batch: one allocation per
     call instead of one per text, so a long cache build does not fragment the heap (with a copy
@@ -240,7 +245,8 @@ def encode_spans(
         for row, index in enumerate(batch):
             ids[row, : lengths[index]] = torch.tensor(spans[index].input_ids)
             mask[row, : lengths[index]] = 1
-        result = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=layer != -1)
+        with autocast(device, precision):
+            result = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=layer != -1)
         hidden = result.last_hidden_state if layer == -1 else result.hidden_states[layer]
         hidden = hidden.to("cpu", torch.float16)
         for row, index in enumerate(batch):
@@ -262,18 +268,29 @@ class EmbeddingCache:
         self.max_tokens = max_tokens
 
     def embed(
-        self, encoder: Encoder, texts: Sequence[AlignText], layer: int = -1, show_progress: bool = True
+        self,
+        encoder: Encoder,
+        texts: Sequence[AlignText],
+        layer: int = -1,
+        show_progress: bool = True,
+        precision: str = "fp32",
     ) -> TokenEmbeddings:
         """Return the encoder's token states for ``texts``, computing only what is not cached yet."""
-        cached = self.build(encoder, texts, layer, show_progress)
+        cached = self.build(encoder, texts, layer, show_progress, precision)
         return TokenEmbeddings(
             texts=cached.texts, spans=cached.spans, states=cached.read_all(), key=cached.key, directory=cached.directory
         )
 
     def build(
-        self, encoder: Encoder, texts: Sequence[AlignText], layer: int = -1, show_progress: bool = True
+        self,
+        encoder: Encoder,
+        texts: Sequence[AlignText],
+        layer: int = -1,
+        show_progress: bool = True,
+        precision: str = "fp32",
     ) -> CachedStates:
         """Make sure every shard of ``texts`` is cached (embedding the missing ones); read no state yet.
+        ``precision`` (fp32 or bf16, see :mod:`alad.training.precision`) is part of the cache key.
 
         Under several processes every process calls this with the same arguments: each embeds its share
         of the missing shards, the main process records them in the manifest, and all return together.
@@ -281,7 +298,7 @@ class EmbeddingCache:
         texts = list(texts)
         if not texts:
             raise ValueError("no texts to embed: the corpus is empty")
-        key = cache_key(encoder, texts, layer)
+        key = cache_key(encoder, texts, layer, precision)
         directory = _key_directory(self.root, key)
         spans = tokenize_with_spans(encoder.tokenizer, texts)
         # Check the whole corpus up front: indices are the corpus's, and no shard is built in vain.
@@ -294,9 +311,13 @@ class EmbeddingCache:
                 manifest = self._load_manifest(directory, key)
                 done = self._valid_prefix(directory, manifest)
                 if done < num_shards:
-                    self._build(encoder, spans, layer, directory, manifest, range(done, num_shards), show_progress)
+                    self._build(
+                        encoder, spans, layer, directory, manifest, range(done, num_shards), show_progress, precision
+                    )
         else:
-            manifest = self._build_distributed(encoder, spans, layer, directory, key, num_shards, show_progress)
+            manifest = self._build_distributed(
+                encoder, spans, layer, directory, key, num_shards, show_progress, precision
+            )
         return CachedStates(
             texts=texts,
             spans=spans,
@@ -306,7 +327,7 @@ class EmbeddingCache:
             hidden_size=int(encoder.hidden_size),
         )
 
-    def _build_distributed(self, encoder, spans, layer, directory, key, num_shards, show_progress) -> dict:
+    def _build_distributed(self, encoder, spans, layer, directory, key, num_shards, show_progress, precision) -> dict:
         """Each process embeds shards ``done + rank``, ``done + rank + world``, ...; the main one holds the
         lock and writes the manifest once all are written."""
         main, world, rank = distributed.is_main(), distributed.world_size(), distributed.rank()
@@ -322,7 +343,7 @@ class EmbeddingCache:
             done = len(manifest["shards"])
             mine = range(done + rank, num_shards, world)
             entries = distributed.agree(
-                lambda: self._build(encoder, spans, layer, directory, None, mine, show_progress and main)
+                lambda: self._build(encoder, spans, layer, directory, None, mine, show_progress and main, precision)
             )
             gathered = sorted((e for part in distributed.gather(entries) for e in part), key=lambda e: e["index"])
             manifest["shards"].extend(gathered)
@@ -364,7 +385,7 @@ class EmbeddingCache:
         manifest["shards"] = manifest["shards"][:good]
         return good
 
-    def _build(self, encoder, spans, layer, directory, manifest, indices, show_progress) -> list[dict]:
+    def _build(self, encoder, spans, layer, directory, manifest, indices, show_progress, precision) -> list[dict]:
         """Embed and write the shards ``indices``; with a ``manifest``, record each one as it is done."""
         directory.mkdir(parents=True, exist_ok=True)
         indices = list(indices)
@@ -379,7 +400,7 @@ class EmbeddingCache:
             for index in indices:
                 lo, hi = index * self.shard_size, min((index + 1) * self.shard_size, len(spans))
                 part = spans[lo:hi]
-                states = encode_spans(encoder, part, layer, self.max_tokens, progress)
+                states = encode_spans(encoder, part, layer, self.max_tokens, progress, precision)
                 file = f"shard-{index:05d}.safetensors"
                 save_tensors_atomic(
                     directory / file,

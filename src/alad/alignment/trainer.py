@@ -47,6 +47,7 @@ from alad.io.serialization import (
 from alad.models.encoders import MINILM, MPNET, Encoder, load_encoder, resolve_device
 from alad.training import distributed
 from alad.training.loop import ResumableLoop, adamw, optimizer_step, rng_state, set_rng_state
+from alad.training.precision import autocast
 from alad.validation import (
     check_align_inputs,
     check_finite_parameters,
@@ -146,6 +147,14 @@ class AlignConfig:
     warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps with linear warm-up, then linear decay"})
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm per adapter (0: off)"})
     batch_tokens: int = field(default=1024, metadata={"help": "padded tokens per batch"})
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "help": "fp32, or bf16: embed the cache and run the adapter's forward pass under bfloat16 autocast "
+            "(weights, optimiser and loss stay fp32; held-out cosines in fp32); 2-3x faster where the CPU has "
+            "AMX/AVX512-BF16 or on a GPU, slower elsewhere"
+        },
+    )
     buffer_tokens: int = field(
         default=300_000,
         metadata={
@@ -510,8 +519,8 @@ def _prepare(
         logger.info("%d texts became %d segments (blank lines dropped, long texts split)", len(texts), len(segments))
 
     cache = EmbeddingCache(config.cache_dir and Path(config.cache_dir), shard_size=SHARD_TEXTS)
-    teacher_cache = cache.build(teacher, segments, config.teacher_layer, progress)
-    student_cache = cache.build(student, segments, config.student_layer, progress)
+    teacher_cache = cache.build(teacher, segments, config.teacher_layer, progress, config.precision)
+    student_cache = cache.build(student, segments, config.student_layer, progress, config.precision)
     stream = AlignmentStream(student_cache, teacher_cache, config.align_special_tokens, config.buffer_tokens)
 
     order = list(range(len(stream)))
@@ -648,7 +657,8 @@ class _AlignmentRun:
         losses = {}
         for window, t in self.trainers.items():
             t.adapter.train()
-            loss = alignment_loss(t.adapter(x, attention), y, counted, self.config.loss)
+            with autocast(ctx.device, self.config.precision):
+                loss = alignment_loss(t.adapter(x, attention), y, counted, self.config.loss)
             optimizer_step(loss, t.optimizer, t.scheduler, t.adapter.parameters(), self.config.grad_clip)
             losses[f"w{window}"] = round(loss.item(), 4)
         return losses
@@ -664,7 +674,8 @@ class _AlignmentRun:
                 loss = torch.zeros((), device=device)
             else:
                 x, attention, y, counted = tensors
-                loss = alignment_loss(t.adapter(x, attention), y, counted, self.config.loss, denominator=total)
+                with autocast(device, self.config.precision):
+                    loss = alignment_loss(t.adapter(x, attention), y, counted, self.config.loss, denominator=total)
             steps.append((loss, t.optimizer, t.scheduler, list(t.adapter.parameters())))
         # every window's gradients in one all-reduce per step
         totals = distributed.data_parallel_steps(steps, self.config.grad_clip)

@@ -12,7 +12,10 @@ threads it ran with: latency on a shared or differently-threaded CPU is not comp
 from __future__ import annotations
 
 import gc
+import hashlib
 import inspect
+import itertools
+import json
 import math
 import statistics
 import time
@@ -171,3 +174,27 @@ def count_parameters(*modules: torch.nn.Module, trainable_only: bool = False) ->
                     weight, bias = sub._weight_bias()
                     total += weight.numel() + (bias.numel() if bias is not None else 0)
     return total
+
+
+# Config entries that name or label a model but do not change what its forward pass computes.
+_NAMING_KEYS = {"_name_or_path", "id2label", "label2id", "transformers_version", "architectures", "finetuning_task"}
+
+
+def compute_signature(model: torch.nn.Module, *extra: Any) -> str:
+    """What a forward pass costs depends on, weights aside: the module tree (types, shapes, dropout,
+    activations), every parameter's and buffer's shape, dtype and device, and the settings of each
+    transformers config inside (attention implementation, ...) except names and labels; plus ``extra``
+    (e.g. a tokenizer fingerprint, which sets the input lengths). Two models with equal signatures run
+    the same kernels on the same shapes, so one latency measured on either holds for both."""
+    digest = hashlib.blake2b(repr(model).encode(), digest_size=10)
+    for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}:{tensor.device};".encode())
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "to_dict") and hasattr(config, "_attn_implementation"):
+            settings = {k: v for k, v in config.to_dict().items() if k not in _NAMING_KEYS}
+            settings["_attn_implementation"] = config._attn_implementation
+            digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for value in extra:
+        digest.update(f"|{value}".encode())
+    return digest.hexdigest()

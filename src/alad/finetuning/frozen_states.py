@@ -18,6 +18,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from alad.tasks.base import Task, batched_logits
+from alad.training.precision import autocast
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +35,11 @@ def frozen_state_width(model: Any) -> int:
 
 
 def cache_frozen_states(
-    model: Any, task: Task, features: Sequence, limit_mb: float, show_progress: bool = False
+    model: Any, task: Task, features: Sequence, limit_mb: float, show_progress: bool = False, precision: str = "fp32"
 ) -> list[torch.Tensor] | None:
-    """Per feature, the frozen part's states ``[tokens, width]`` (float32, on the CPU); ``None`` when
-    the mode trains the encoder, or when they would take more than ``limit_mb`` (then each step runs
-    the frozen part itself, with the same result, more slowly)."""
+    """Per feature, the frozen part's states ``[tokens, width]`` (float32, on the CPU, computed in
+    ``precision``); ``None`` when the mode trains the encoder, or when they would take more than
+    ``limit_mb`` (then each step runs the frozen part itself, with the same result, more slowly)."""
     if model.config.mode not in CACHED_MODES or not features or limit_mb <= 0:
         return None
     size_mb = sum(len(f.input_ids) for f in features) * frozen_state_width(model) * 4 / 2**20
@@ -46,10 +47,17 @@ def cache_frozen_states(
         logger.info("frozen states of %d items need %.0f MB > %.0f MB: not cached", len(features), size_mb, limit_mb)
         return None
     was_training = model.training
+    device = next(model.parameters()).device
     try:
-        return batched_logits(
-            model, task, features, show_progress=show_progress, forward=model.frozen_states, description="frozen states"
-        )
+        with autocast(device, precision):
+            return batched_logits(
+                model,
+                task,
+                features,
+                show_progress=show_progress,
+                forward=model.frozen_states,
+                description="frozen states",
+            )
     finally:
         model.train(was_training)
 

@@ -42,7 +42,9 @@ def format_results(results: dict) -> str:
         f"Stage 2 text: `{config.get('stage2_texts', 'all')}` of the training split (labels never read)"
         + (f" plus `{config['extra_texts']}`" if config.get("extra_texts") else "")
         + f"; task fine-tuning {config.get('epochs')} epochs (at least {min_steps} steps), seed "
-        f"{config.get('seed', 0)}; KD settings {json.dumps(config.get('kd') or {})}.  ",
+        f"{config.get('seed', 0)}; KD settings {json.dumps(config.get('kd') or {})}; precision "
+        f"{config.get('precision', 'fp32')} (alignment and stage-3 training; the teacher's fine-tuning, evaluation "
+        "and latency in fp32).  ",
         f"Command: `{results.get('command', '')}`  ",
         f"Machine: {results.get('machine', '')}",
     ]
@@ -144,6 +146,18 @@ def _latency_note(latency: dict | None) -> str:
         f"in {latency['rounds']} rounds (median), the rows taking turns call by call, each round {latency['calls']} "
         f"calls per batch size on the evaluation set's own items at their real lengths (batch 1: single items, "
         f"mean tokens in column 'tokens b1'; batch 32: length-sorted groups), each model through its own tokenizer."
+        + _shared_timing_note(latency)
+    )
+
+
+def _shared_timing_note(latency: dict) -> str:
+    timed, rows = latency.get("models_timed"), latency["rows"]
+    if timed is None or timed == rows:
+        return ""
+    return (
+        f" Rows whose models compute the same thing on the same inputs, weights aside (same modules, shapes, "
+        f"dtypes and token ids: one adapter trained frozen, joint or with KD), share one timing: {timed} models "
+        f"timed for {rows} rows."
     )
 
 

@@ -138,8 +138,10 @@ def _digest(obj: Any) -> str:
 
 
 def _finetune_config(config: dict, stage3: bool = True, **fields: Any) -> FinetuneConfig:
-    """Top-level settings, then (for stage 3 and the baselines, not the teacher) the ``finetune`` section."""
-    values = {k: v for k, v in config.items() if k in _FINETUNE_FIELDS}
+    """Top-level settings, then (for stage 3 and the baselines, not the teacher) the ``finetune`` section.
+    The top-level ``precision`` acts on alignment and stage 3, not on the teacher (``teacher_finetune``
+    sets its own), so a teacher is reused whatever the run's precision."""
+    values = {k: v for k, v in config.items() if k in _FINETUNE_FIELDS and (stage3 or k != "precision")}
     if stage3:
         values.update(config.get("finetune") or {})
     values.update(fields)
@@ -248,26 +250,31 @@ def time_rows(config: dict, splits: TaskSplits, rows: list[dict], show_progress:
     on the evaluation set's own items at their real lengths (each model through its own tokenizer).
 
     Rows timed minutes apart on a shared machine compare the machine, not the models; see
-    :mod:`alad.evaluation.interleaved`. Fills ``latency_ms_b1`` / ``latency_ms_b32`` (medians over rounds) and
-    returns how the pass was run, for the table.
+    :mod:`alad.evaluation.interleaved`. Rows whose models compute the same thing on the same inputs,
+    weights aside (:func:`~alad.evaluation.latency.compute_signature`: an adapter trained frozen, joint
+    or with KD), are timed once and share the timing. Fills ``latency_ms_b1`` / ``latency_ms_b32``
+    (medians over rounds) and returns how the pass was run, for the table.
     """
     from alad.evaluation.interleaved import interleaved_latency, real_length_batches
+    from alad.evaluation.latency import compute_signature
     from alad.models.task_model import AladTaskModel
 
     settings = {**LATENCY_DEFAULTS, **(config.get("latency") or {})}
     task, template = get_task(config["task"]), _finetune_config(config)
     timed = [row for row in rows if row.get("model_dir")]
-    models, batches = {}, {}
-    for index, row in enumerate(timed):
-        key = f"{index}:{row.get('pair')}:{row['name']}"
+    models, batches, timed_as = {}, {}, []
+    for row in timed:
         model = AladTaskModel.from_pretrained(row["model_dir"]).eval()
         features = task.features(model, splits.eval, template, labelled=False)  # inputs only, no label read
 
         def collate(group, model=model):
             return task.collate(model, group)
 
-        models[key] = model
-        batches[key] = {b: real_length_batches(features, collate, b, settings["batches"]) for b in (1, 32)}
+        inputs = {b: real_length_batches(features, collate, b, settings["batches"]) for b in (1, 32)}
+        key = compute_signature(model, *(ids.tolist() for size in inputs.values() for ids, _ in size))
+        timed_as.append(key)
+        if key not in models:  # the first row of each signature is timed for all of them
+            models[key], batches[key] = model, inputs
     if not models:
         return {}
     threads = torch.get_num_threads()
@@ -277,7 +284,7 @@ def time_rows(config: dict, splits: TaskSplits, rows: list[dict], show_progress:
         timings = interleaved_latency(models, batches, rounds=int(settings["rounds"]), show_progress=show_progress)
     finally:
         torch.set_num_threads(threads)
-    for key, row in zip(models, timed, strict=True):
+    for key, row in zip(timed_as, timed, strict=True):
         row["latency_ms_b1"] = timings[key][1]["median_ms"]
         row["latency_ms_b32"] = timings[key][32]["median_ms"]
         row["latency_tokens_b1"] = timings[key][1]["mean_tokens"]
@@ -286,7 +293,8 @@ def time_rows(config: dict, splits: TaskSplits, rows: list[dict], show_progress:
         "rounds": int(settings["rounds"]),
         "calls": first[1]["calls"],
         "threads": first[1]["threads"],
-        "rows": len(models),
+        "rows": len(timed),
+        "models_timed": len(models),
         "eval_items": len(splits.eval),
     }
 
@@ -717,10 +725,12 @@ def align_stages(ctx: _Context, pair: dict, name: str, pair_dir: Path, student: 
     config = ctx.config
     windows = tuple(int(w) for w in config["windows"])
     common = {"student": student, "teacher": str(teacher_encoder), "windows": windows, "seed": config.get("seed", 0)}
+    if "precision" in config:
+        common["precision"] = config["precision"]
     summaries: dict[str, dict] = {}
     stage1 = config.get("stage1", {})
     if stage1 is not None:
-        align1 = AlignConfig(corpus=config.get("corpus"), **common, **stage1)
+        align1 = AlignConfig(corpus=config.get("corpus"), **{**common, **stage1})  # a stage's own setting wins
         _finished_for_report(ctx, pair_dir / "stage1", "summary.json")
         summaries["stage1"] = align(pair_dir / "stage1", align1, show_progress=ctx.show_progress, device=ctx.device)
         print(f"[{name}] stage 1, task-independent alignment:\n{format_summary(summaries['stage1'])}")
@@ -731,7 +741,7 @@ def align_stages(ctx: _Context, pair: dict, name: str, pair_dir: Path, student: 
     if pair.get("compare_stage1", config.get("compare_stage1")) and stage1 is not None:  # a pair may override
         variants["stage2-scratch"] = None
     for folder, init in variants.items():
-        align2 = AlignConfig(init=init, max_texts=None, corpus=corpus, **common, **stage2)
+        align2 = AlignConfig(init=init, max_texts=None, corpus=corpus, **{**common, **stage2})
         _finished_for_report(ctx, pair_dir / folder, "summary.json")
         summaries[folder] = align(
             pair_dir / folder, align2, texts=texts, show_progress=ctx.show_progress, device=ctx.device
