@@ -78,18 +78,31 @@ def test_soft_targets_move_across_tokenizers_by_word(bert_dir, roberta_dir):
     assert batch["soft_mask"].sum() == 6 and not torch.isnan(batch["soft_targets"]).any()
 
 
-def test_soft_targets_are_cached_by_teacher_and_texts(teacher_run, tmp_path, monkeypatch):
+def test_soft_targets_are_cached_per_item(teacher_run, tmp_path, monkeypatch):
     items = [TaggedSentence(["the", "cat"], ["O", "O"]), TaggedSentence(["Paris", "is", "big"], ["B-LOC", "O", "O"])]
     first = cached_soft_targets(NER, teacher_run / MODEL_DIR, items, root=tmp_path)
+    seen = []
+    compute = type(NER).soft_targets
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("the teacher ran again")
+    def counted(self, teacher, batch, show_progress=False):
+        seen.append([s.tokens for s in batch])
+        return compute(self, teacher, batch, show_progress)
 
-    monkeypatch.setattr(type(NER), "soft_targets", refuse)
-    again = cached_soft_targets(NER, teacher_run / MODEL_DIR, items, root=tmp_path)
-    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
-    with pytest.raises(AssertionError, match="ran again"):  # other texts: another entry
-        cached_soft_targets(NER, teacher_run / MODEL_DIR, items[:1], root=tmp_path)
+    monkeypatch.setattr(type(NER), "soft_targets", counted)
+    again = cached_soft_targets(NER, teacher_run / MODEL_DIR, items[::-1] + items[:1], root=tmp_path)
+    assert seen == []  # any order and subset of known items: no teacher pass
+    assert all(torch.equal(a, b) for a, b in zip(first[::-1] + first[:1], again, strict=True))
+    new = TaggedSentence(["the", "cat", "sat"], ["O", "O", "O"])
+    joined = TaggedSentence(["the cat"], ["O"])  # the same text in other words: another item
+    mixed = cached_soft_targets(NER, teacher_run / MODEL_DIR, [new, items[1], joined, new], root=tmp_path)
+    assert seen == [[["the", "cat", "sat"], ["the cat"]]]  # only the unseen items, each once
+    assert torch.equal(mixed[1], first[1]) and torch.equal(mixed[0], mixed[3]) and mixed[2].shape[0] == 1
+    for part in (tmp_path / "soft_targets").rglob("part-*.safetensors"):
+        part.write_bytes(b"truncated")  # an unreadable cache is recomputed, not trusted
+    seen.clear()
+    redone = cached_soft_targets(NER, teacher_run / MODEL_DIR, items, root=tmp_path)
+    assert seen == [[s.tokens for s in items]]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(first, redone, strict=True))
 
 
 def test_label_budgets_are_nested_and_checked(ner_dir):

@@ -523,6 +523,10 @@ def test_sweep_rows_per_budget(sweep_run):
             assert row["unlabelled_items"] == 25 - row["labels"], row["name"]
         elif row["kind"] != "teacher":
             assert row["unlabelled_items"] == 0, row["name"]
+    # the teacher's soft targets are cached per item: no item is run through the teacher twice
+    parts = list((folder / "cache" / "soft_targets").rglob("part-*.safetensors"))
+    keys = [bytes(k.tolist()) for part in parts for k in load_file(part)["keys"]]
+    assert parts and len(keys) == len(set(keys)) <= 30
     # recovery and gain over random are taken against the same budget
     students = {(r["labels"], r["mode"]): r["main"] for r in rows if r["kind"] == "student"}
     for row in rows:

@@ -2,7 +2,7 @@
 
 - **Soft targets** for knowledge distillation: the teacher's logits on the task's texts (labelled and
   unlabelled alike; no gold label is read), kept per word so they transfer across tokenizers, and
-  cached under ``<cache>/soft_targets`` keyed by the teacher's weights and the exact texts.
+  cached per item under ``<cache>/soft_targets/<task>-<teacher's weights>``.
 - **Hidden-state targets** for the auxiliary alignment loss: the teacher encoder's token states
   re-expressed on the student's tokens (the same character-offset pairing as alignment), read from
   the embedding cache.
@@ -14,10 +14,11 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from alad.alignment.cache import EmbeddingCache, corpus_hash
+from alad.alignment.cache import EmbeddingCache
 from alad.alignment.pairing import teacher_targets, tokenize_with_spans
 from alad.io.serialization import file_sha256, load_tensors, save_tensors_atomic
 from alad.models.encoders import cache_root, load_encoder
@@ -44,29 +45,55 @@ def cached_soft_targets(
     root: str | Path | None = None,
     show_progress: bool = False,
 ) -> list[torch.Tensor]:
-    """The teacher's per-word logits for every item (rows of NaN for words without a token), cached."""
+    """The teacher's per-word logits for every item (rows of NaN for words without a token), cached per
+    item under the teacher's fingerprint: a call runs the teacher only on items no earlier call saw, so
+    the label budgets of one split (nested subsets, the same unlabelled rest) share one teacher pass."""
     from alad.models.task_model import AladTaskModel
 
     teacher_model_dir = Path(teacher_model_dir)
-    key = hashlib.blake2b(
-        (task.name + _teacher_fingerprint(teacher_model_dir) + corpus_hash(task.alignment_texts(items))).encode(),
-        digest_size=16,
-    ).hexdigest()
-    path = Path(root or cache_root()) / SOFT_TARGETS_DIR / f"{task.name}-{key}.safetensors"
-    if path.is_file():
-        stored = load_tensors(path, "cached soft targets")
-        lengths = stored["lengths"].tolist()
-        if len(lengths) == len(items):
-            return list(torch.split(stored["logits"], lengths))
-        logger.warning("%s does not match the texts; recomputing it", path)
-    teacher = AladTaskModel.from_pretrained(teacher_model_dir)
-    soft = task.soft_targets(teacher, items, show_progress=show_progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_tensors_atomic(
-        path,
-        {"logits": torch.cat(soft).contiguous(), "lengths": torch.tensor([s.shape[0] for s in soft])},
-    )
-    return soft
+    directory = Path(root or cache_root()) / SOFT_TARGETS_DIR / f"{task.name}-{_teacher_fingerprint(teacher_model_dir)}"
+    keys = [_item_key(item) for item in task.strip_labels(items)]
+    known = _read_parts(directory)
+    first = {}  # each missing key once, with the first item that has it
+    for key, item in zip(keys, items, strict=True):
+        if key not in known:
+            first.setdefault(key, item)
+    if first:
+        teacher = AladTaskModel.from_pretrained(teacher_model_dir)
+        soft = task.soft_targets(teacher, list(first.values()), show_progress=show_progress)
+        _write_part(directory, list(first), soft)
+        known.update(zip(first, soft, strict=True))
+    return [known[key] for key in keys]
+
+
+def _item_key(item: Any) -> bytes:
+    """An item's identity without its labels (its repr: the words themselves, not their joined text)."""
+    return hashlib.blake2b(repr(item).encode("utf-8"), digest_size=16).digest()
+
+
+def _read_parts(directory: Path) -> dict[bytes, torch.Tensor]:
+    """Every cached item's soft targets in ``directory``; an unreadable part is skipped (recomputed)."""
+    known: dict[bytes, torch.Tensor] = {}
+    for path in sorted(directory.glob("part-*.safetensors")):
+        try:
+            stored = load_tensors(path, "cached soft targets")
+            rows = torch.split(stored["logits"], stored["lengths"].tolist())
+            known.update(zip((bytes(k.tolist()) for k in stored["keys"]), rows, strict=True))
+        except (KeyError, RuntimeError, ValueError) as err:  # ArtefactError is a ValueError
+            logger.warning("%s cannot be read (%s); its items are recomputed", path, err)
+    return known
+
+
+def _write_part(directory: Path, keys: list[bytes], soft: Sequence[torch.Tensor]) -> None:
+    """One file per teacher pass, named after its items, so concurrent passes over other items never clash."""
+    name = hashlib.blake2b(b"".join(keys), digest_size=12).hexdigest()
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "keys": torch.tensor([list(k) for k in keys], dtype=torch.uint8),
+        "logits": torch.cat(list(soft)).contiguous(),
+        "lengths": torch.tensor([s.shape[0] for s in soft]),
+    }
+    save_tensors_atomic(directory / f"part-{name}.safetensors", tensors)
 
 
 def attach_alignment_targets(

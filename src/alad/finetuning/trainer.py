@@ -633,15 +633,20 @@ def training_features(
     return features, counts
 
 
+def distillation_items(task: Task, splits: TaskSplits, config: FinetuneConfig) -> tuple[list, list]:
+    """The unlabelled items distillation reads (labels stripped), and all it reads: the labelled, then those."""
+    unlabelled = task.strip_labels(splits.unlabelled(config.kd_max_texts))
+    return unlabelled, list(splits.train) + unlabelled
+
+
 def distillation_targets(
     task: Task, splits: TaskSplits, config: FinetuneConfig, show_progress: bool = False
 ) -> tuple[list, list[torch.Tensor]]:
-    """The unlabelled items distillation reads (labels stripped) and the teacher's soft targets on the
-    labelled items then those, from the cache (computed there once per teacher and exact item list)."""
+    """The unlabelled items distillation reads and the teacher's soft targets on the labelled items then
+    those, from the cache (computed there once per teacher and item)."""
     from alad.finetuning.teacher_signals import cached_soft_targets
 
-    unlabelled = task.strip_labels(splits.unlabelled(config.kd_max_texts))
-    items = list(splits.train) + unlabelled
+    unlabelled, items = distillation_items(task, splits, config)
     return unlabelled, cached_soft_targets(task, Path(config.teacher) / MODEL_DIR, items, show_progress=show_progress)
 
 

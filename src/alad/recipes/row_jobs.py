@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from alad.finetuning.trainer import METRICS, FinetuneConfig, TaskSplits, distillation_targets, finetune
+from alad.finetuning.teacher_signals import cached_soft_targets
+from alad.finetuning.trainer import METRICS, MODEL_DIR, FinetuneConfig, TaskSplits, distillation_items, finetune
 from alad.tasks import get_task
 
 
@@ -50,14 +51,17 @@ def _train(job: RowJob, device: str) -> str:
 
 
 def _distillation_targets_once(jobs: list[RowJob], splits: TaskSplits, show_progress: bool) -> None:
-    """The teacher's soft targets of every distinct distillation set, cached here first: rows started side
-    by side would otherwise each run the teacher over the same items (the KD rows of one budget share them)."""
-    done = set()
+    """The teacher's soft targets of every distillation row, cached here first in one teacher pass per
+    teacher over the union of their items: rows started side by side would otherwise each run the
+    teacher, and the budgets of one split share most items (the unlabelled rest, nested subsets)."""
+    wanted: dict[tuple[str, str], list] = {}
     for job in jobs:
-        key = (job.config.teacher, job.budget, job.config.kd_max_texts)
-        if job.config.kd_weight > 0 and key not in done:
-            done.add(key)
-            distillation_targets(get_task(job.config.task), splits.with_budget(job.budget), job.config, show_progress)
+        if job.config.kd_weight > 0:
+            task = get_task(job.config.task)
+            _, items = distillation_items(task, splits.with_budget(job.budget), job.config)
+            wanted.setdefault((job.config.task, str(job.config.teacher)), []).extend(items)
+    for (task_name, teacher), items in wanted.items():
+        cached_soft_targets(get_task(task_name), Path(teacher) / MODEL_DIR, items, show_progress=show_progress)
 
 
 def run_row_jobs(
