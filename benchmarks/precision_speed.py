@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from alad.training.precision import autocast, native_bf16
-
-PRECISIONS = ("fp32", "bf16")
+from alad.models.encoders import Encoder, load_encoder
+from alad.training.loop import adamw, optimizer_step
+from alad.training.precision import PRECISIONS, autocast, native_bf16
 
 
 def _best_of_two(measure) -> dict[str, float]:
@@ -44,12 +44,28 @@ def _best_of_two(measure) -> dict[str, float]:
     return {p: min(t) for p, t in times.items()}
 
 
-def embedding(encoder_name: str, texts: list[str]) -> dict:
+def _time_training(params: list, lr: float, loss_of, steps: int, warmup: int) -> dict[str, float]:
+    """Seconds per optimiser step (fused AdamW, constant ``lr``) on ``loss_of(index)``, its forward pass
+    and loss under autocast, after ``warmup`` uncounted steps; the faster of two runs per precision."""
+    optimizer = adamw(params, lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    def measure(precision: str) -> float:
+        for index in range(warmup + steps):
+            if index == warmup:
+                start = time.perf_counter()
+            with autocast("cpu", precision):
+                loss = loss_of(index)
+            optimizer_step(loss, optimizer, scheduler, params, 1.0)
+        return (time.perf_counter() - start) / steps
+
+    return _best_of_two(measure)
+
+
+def embedding(encoder_name: str, encoder: Encoder, texts: list[str]) -> dict:
     from alad.alignment.cache import encode_spans
     from alad.alignment.pairing import tokenize_with_spans
-    from alad.models.encoders import load_encoder
 
-    encoder = load_encoder(encoder_name)
     spans = tokenize_with_spans(encoder.tokenizer, texts)
     tokens = sum(len(s.input_ids) for s in spans)
     states: dict[str, list[torch.Tensor]] = {}
@@ -74,29 +90,16 @@ def embedding(encoder_name: str, texts: list[str]) -> dict:
 def alignment_step(student_dim: int, teacher_dim: int, hidden: int, batch_tokens: int, steps: int) -> dict:
     from alad.adapters import AdapterConfig, AlignmentAdapter
     from alad.alignment.trainer import alignment_loss
-    from alad.training.loop import adamw, optimizer_step
 
     torch.manual_seed(0)
-    adapter = AlignmentAdapter(AdapterConfig(student_dim, teacher_dim, window=3, hidden_size=hidden))
-    params = list(adapter.parameters())
-    optimizer = adamw(params, lr=1e-3)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    adapter = AlignmentAdapter(AdapterConfig(student_dim, teacher_dim, window=3, hidden_size=hidden)).train()
     length = 26  # CoNLL-2003's mean sentence length in MiniLM tokens, special tokens included
     rows = max(1, batch_tokens // length)
     x, y = torch.randn(rows, length, student_dim), torch.randn(rows, length, teacher_dim)
     mask = torch.ones(rows, length, dtype=torch.bool)
-
-    def measure(precision: str) -> float:
-        adapter.train()
-        for index in range(steps + 5):
-            if index == 5:  # the first steps are not counted
-                start = time.perf_counter()
-            with autocast("cpu", precision):
-                loss = alignment_loss(adapter(x, mask), y, mask)
-            optimizer_step(loss, optimizer, scheduler, params, 1.0)
-        return (time.perf_counter() - start) / steps
-
-    seconds = _best_of_two(measure)
+    seconds = _time_training(
+        list(adapter.parameters()), 1e-3, lambda index: alignment_loss(adapter(x, mask), y, mask), steps, warmup=5
+    )
     return {
         "adapter": f"window MLP w3 h{hidden}, {student_dim} -> {teacher_dim}",
         "batch": f"{rows} x {length} tokens",
@@ -108,31 +111,21 @@ def finetuning_step(student: str, steps: int) -> dict:
     from alad.finetuning.trainer import FinetuneConfig, length_bucketed_batches, load_splits, training_loss
     from alad.models.task_model import build_task_model
     from alad.tasks import get_task
-    from alad.training.loop import adamw, optimizer_step
 
     config = FinetuneConfig(
         task="pos", data="conllu", tag="upos", train_split="dev", eval_split="test", max_train=2001,
         max_eval=50, student=student, mode="joint", batch_size=16, frozen_cache_mb=0,
     )  # fmt: skip
     splits, task = load_splits(config), get_task("pos")
-    model = build_task_model("pos", student, task.label_set(splits.train, None), mode="joint")
+    model = build_task_model("pos", student, task.label_set(splits.train, None), mode="joint").train()
     features = task.features(model, splits.train, config)
     batches = length_bucketed_batches([len(f.input_ids) for f in features], 16, 0)[: steps + 5]
+
+    def loss_of(index: int) -> torch.Tensor:
+        return training_loss(model, task, task.collate(model, [features[i] for i in batches[index]]), config)
+
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(params, lr=1e-4)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-
-    def measure(precision: str) -> float:
-        model.train()
-        for index, rows in enumerate(batches):
-            if index == 5:
-                start = time.perf_counter()
-            with autocast("cpu", precision):
-                loss = training_loss(model, task, task.collate(model, [features[i] for i in rows]), config)
-            optimizer_step(loss, optimizer, scheduler, params, 1.0)
-        return (time.perf_counter() - start) / (len(batches) - 5)
-
-    seconds = _best_of_two(measure)
+    seconds = _time_training(params, 1e-4, loss_of, len(batches) - 5, warmup=5)
     return {
         "student": student,
         "mode": "joint",
@@ -141,34 +134,20 @@ def finetuning_step(student: str, steps: int) -> dict:
     }
 
 
-def long_input_step(encoder_name: str, seq_len: int, batch_size: int, steps: int) -> dict:
+def long_input_step(encoder_name: str, encoder: Encoder, seq_len: int, batch_size: int, steps: int) -> dict:
     """An encoder training step at QA's input size: forward, a span-style linear head and loss,
     backward and fused AdamW on random token ids (the cost does not depend on which ids)."""
-    from alad.models.encoders import load_encoder
-    from alad.training.loop import adamw, optimizer_step
-
-    encoder = load_encoder(encoder_name)
-    model, head = encoder.model, torch.nn.Linear(int(encoder.hidden_size), 2)
-    params = [*model.parameters(), *head.parameters()]
-    optimizer = adamw(params, lr=1e-4)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model, head = encoder.model.train(), torch.nn.Linear(int(encoder.hidden_size), 2)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 20000, (batch_size, seq_len), generator=generator)
     mask = torch.ones_like(ids)
     positions = torch.randint(0, seq_len, (batch_size, 2), generator=generator)
 
-    def measure(precision: str) -> float:
-        model.train()
-        for index in range(steps + 2):
-            if index == 2:
-                start = time.perf_counter()
-            with autocast("cpu", precision):
-                logits = head(model(input_ids=ids, attention_mask=mask).last_hidden_state).float()
-                loss = sum(torch.nn.functional.cross_entropy(logits[..., k], positions[:, k]) for k in range(2))
-            optimizer_step(loss, optimizer, scheduler, params, 1.0)
-        return (time.perf_counter() - start) / steps
+    def loss_of(index: int) -> torch.Tensor:
+        logits = head(model(input_ids=ids, attention_mask=mask).last_hidden_state).float()
+        return sum(torch.nn.functional.cross_entropy(logits[..., k], positions[:, k]) for k in range(2))
 
-    seconds = _best_of_two(measure)
+    seconds = _time_training([*model.parameters(), *head.parameters()], 1e-4, loss_of, steps, warmup=2)
     return {
         "encoder": encoder_name,
         "batch": f"{batch_size} x {seq_len} tokens",
@@ -200,11 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results/precision_speed")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    embed = embedding(args.teacher, conll_sentences(args.texts))
-    from alad.models.encoders import load_encoder
-
-    student_dim = int(load_encoder(args.student).hidden_size)
-    teacher_dim = int(load_encoder(args.teacher).hidden_size)
+    teacher, student = load_encoder(args.teacher), load_encoder(args.student)
+    embed = embedding(args.teacher, teacher, conll_sentences(args.texts))
+    student_dim, teacher_dim = int(student.hidden_size), int(teacher.hidden_size)
     row = {
         "command": "python benchmarks/precision_speed.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch threads, torch "
@@ -212,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "embedding": embed,
         "alignment": alignment_step(student_dim, teacher_dim, args.hidden, args.batch_tokens, args.steps),
         "finetuning": finetuning_step(args.student, args.steps),
-        "long_inputs": long_input_step(args.student, args.seq_len, 16, max(3, args.steps // 6)),
+        "long_inputs": long_input_step(args.student, student, args.seq_len, 16, max(3, args.steps // 6)),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
