@@ -84,9 +84,9 @@ def test_soft_targets_are_cached_per_item(teacher_run, tmp_path, monkeypatch):
     seen = []
     compute = type(NER).soft_targets
 
-    def counted(self, teacher, batch, show_progress=False):
+    def counted(self, teacher, batch, config=None, show_progress=False):
         seen.append([s.tokens for s in batch])
-        return compute(self, teacher, batch, show_progress)
+        return compute(self, teacher, batch, config, show_progress)
 
     monkeypatch.setattr(type(NER), "soft_targets", counted)
     again = cached_soft_targets(NER, teacher_run / MODEL_DIR, items[::-1] + items[:1], root=tmp_path)
@@ -119,11 +119,13 @@ def test_label_budgets_are_nested_and_checked(ner_dir):
         splits.with_budget(31)
 
 
-def test_kd_settings_are_checked():
+def test_kd_settings_are_checked(monkeypatch):
     with pytest.raises(ValueError, match="kd_temperature must be a positive number|--kd-temperature must be"):
         FinetuneConfig(kd_weight=0.5, kd_temperature=0, teacher="t")
     with pytest.raises(ValueError, match="needs --teacher"):
         FinetuneConfig(kd_weight=0.5)
+    FinetuneConfig(task="qa", data="squad", kd_weight=0.5, teacher="t")  # span distillation
+    monkeypatch.setattr(type(QA), "supports_distillation", False)  # a task without it is refused up front
     with pytest.raises(ValueError, match="not implemented for task qa"):
         FinetuneConfig(task="qa", data="squad", kd_weight=0.5, teacher="t")
     with pytest.raises(ValueError, match="kd_weight must be in|--kd-weight must be"):
@@ -187,3 +189,145 @@ def test_auxiliary_alignment_loss_adds_teacher_states(bert_dir, ner_dir, teacher
     assert seen and all(has and count > 0 for has, count in seen)
     model = AladTaskModel.from_pretrained(tmp_path / "aux" / MODEL_DIR)
     assert model.adapter is not None
+
+
+# ------------------------------------------------------------------------------------------------
+# extractive QA: span distillation per context character
+
+QA = get_task("qa")
+QA_CONTEXT = "the quick brown foxes jumped over the lazy dogs near the river bank in the early morning light"
+
+
+def _qa_examples():
+    from alad.data.readers import QAExample
+
+    return [
+        QAExample("q0", "t", QA_CONTEXT, "what jumped over the dogs ?", [("the quick brown foxes", 0)], False),
+        QAExample("q1", "t", "a cat sat on the mat", "who sat ?", [], True),
+    ]
+
+
+def _qa_config(**overrides):
+    return FinetuneConfig(task="qa", data="squad", max_length=32, doc_stride=8, **overrides)
+
+
+def _char_logits(features, scale: float = 1.0):
+    """Teacher logits that name the characters: start = first char, end = last char (+1000 * window)."""
+    logits = []
+    for n, feature in enumerate(features):
+        values = torch.full((len(feature.input_ids), 2), -5.0)
+        for k, offset in enumerate(feature.offsets):
+            if offset is not None:
+                values[k] = torch.tensor([offset[0], offset[1] - 1]) * scale + 1000 * n
+        logits.append(values)
+    return logits
+
+
+def test_qa_soft_targets_move_across_tokenizers_by_character(bert_dir, roberta_dir):
+    """A RoBERTa teacher's span logits land on the BERT student's tokens that start (end) at the same character."""
+    from alad.tasks.squad import attach_soft_span_targets, soft_span_targets
+
+    teacher = build_task_model("qa", roberta_dir, (), seed=1).eval()
+    student = build_task_model("qa", bert_dir, (), seed=2).eval()
+    examples = QA.strip_labels(_qa_examples())
+    teacher_features = QA.features(teacher, examples, _qa_config(), labelled=False)
+    assert {f.start_position for f in teacher_features} == {-100}  # read for distillation: no span label
+    logits = _char_logits(teacher_features)
+    soft = soft_span_targets(examples, teacher_features, logits)
+    assert [s.shape for s in soft] == [torch.Size([len(ex.context) + 1, 2]) for ex in examples]
+    windows = [f for f in teacher_features if f.example_index == 0]
+    assert len(windows) > 1  # the long context needs several windows of 32 tokens
+    # a character's value comes from the window where its token has the most context on both sides
+    for column, pick in ((0, 0), (1, 1)):
+        for char in torch.nonzero(~torch.isnan(soft[0][1:, column])).flatten().tolist():
+            rooms = []
+            for n, feature in enumerate(teacher_features):
+                context = [k for k, o in enumerate(feature.offsets) if o is not None]
+                for k in context:
+                    if feature.offsets[k][pick] - pick == char:
+                        rooms.append((min(k - context[0], context[-1] - k), -n, n))
+            assert soft[0][1 + char, column] == 1000 * max(rooms)[2] + char
+    assert torch.allclose(
+        soft[0][0], torch.stack([logits[i][0] for i, f in enumerate(teacher_features) if f.example_index == 0]).mean(0)
+    )
+    features = QA.features(student, examples, _qa_config(), labelled=False)
+    attach_soft_span_targets(features, soft)
+    matched = 0
+    for feature in features:
+        assert torch.equal(feature.soft[0], soft[feature.example_index][0])  # no-answer position
+        for k, offset in enumerate(feature.offsets):
+            if offset is None:
+                assert k == 0 or torch.isnan(feature.soft[k]).all()  # question and special tokens: none
+                continue
+            start, end = feature.soft[k]
+            if not torch.isnan(start):
+                assert start % 1000 == offset[0]  # the teacher's token that starts at the same character
+                matched += 1
+            if not torch.isnan(end):
+                assert end % 1000 == offset[1] - 1
+    assert matched > 10
+    batch = QA.collate(student, features)
+    assert batch["soft_mask"].shape == (*batch["input_ids"].shape, 2)
+    assert not torch.isnan(batch["soft_targets"]).any()
+    assert (batch["soft_mask"][..., 0].sum(1) > 1).all()
+
+
+def test_qa_distillation_loss_is_t2_kl_of_start_and_end():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 6, 2), torch.randn(2, 6, 2)
+    mask = torch.ones(2, 6, 2, dtype=torch.bool)
+    mask[0, 4:] = False  # no teacher logit there
+    mask[1, 2, 1] = False  # a start target without an end target
+    attention = torch.ones(2, 6, dtype=torch.long)
+    attention[1, 5] = 0  # padding never counts
+    batch = {"soft_targets": teacher, "soft_mask": mask, "attention_mask": attention}
+    temperature = 2.0
+    expected = 0.0
+    for column in (0, 1):
+        for row in range(2):
+            keep = mask[row, :, column] & (attention[row] == 1)
+            t = F.softmax(teacher[row, keep, column] / temperature, dim=0)
+            s = F.log_softmax(student[row, keep, column] / temperature, dim=0)
+            expected += (t * (t.log() - s)).sum()
+    expected = expected / 4 * temperature**2
+    assert QA.distillation_loss(student, batch, temperature).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert QA.distillation_loss(teacher, batch, temperature).item() == pytest.approx(0.0, abs=1e-6)
+    changed = student.clone()
+    changed[0, 5] += 100  # untargeted positions change nothing
+    changed[1, 5] -= 100
+    assert QA.distillation_loss(changed, batch, temperature).item() == pytest.approx(expected.item(), rel=1e-5)
+    nothing = {**batch, "soft_mask": torch.zeros_like(mask)}
+    assert QA.distillation_loss(student, nothing, temperature).item() == 0.0
+
+
+def test_qa_loss_skips_windows_read_only_for_distillation():
+    logits = torch.randn(3, 5, 2, requires_grad=True)
+    batch = {
+        "attention_mask": torch.ones(3, 5, dtype=torch.long),
+        "start_positions": torch.tensor([1, -100, -100]),
+        "end_positions": torch.tensor([2, -100, -100]),
+    }
+    expected = (
+        F.cross_entropy(logits[:1, :, 0], torch.tensor([1])) + F.cross_entropy(logits[:1, :, 1], torch.tensor([2]))
+    ) / 2
+    assert QA.loss(logits, batch).item() == pytest.approx(expected.item())
+    unlabelled = {**batch, "start_positions": torch.full((3,), -100), "end_positions": torch.full((3,), -100)}
+    loss = QA.loss(logits, unlabelled)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(logits.grad).all()
+
+
+def test_qa_student_distils_from_a_qa_teacher(bert_dir, tmp_path, monkeypatch):
+    """End to end: a QA teacher's soft spans on the pool's unlabelled questions, cached under the window settings."""
+    from tiny_tasks import write_qa_data
+
+    monkeypatch.setenv("ALAD_CACHE", str(tmp_path / "cache"))
+    data = write_qa_data(tmp_path / "squad")
+    common = dict(task="qa", data=f"squad:{data}", eval_split="dev", max_length=64, doc_stride=16, batch_size=4)
+    teacher = tmp_path / "teacher"
+    finetune(teacher, FinetuneConfig(student=str(bert_dir), epochs=1, **common), show_progress=False)
+    config = FinetuneConfig(student=str(bert_dir), epochs=1, max_train=4, teacher=str(teacher), kd_weight=0.5, **common)
+    result = finetune(tmp_path / "kd", config, show_progress=False)
+    assert result["training"]["unlabelled_items"] == 6 and result["training"]["labelled_items"] == 4
+    (folder,) = (tmp_path / "cache" / "soft_targets").iterdir()
+    assert folder.name.startswith("qa-") and folder.name.endswith("-len64-stride16")

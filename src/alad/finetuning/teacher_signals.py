@@ -44,14 +44,18 @@ def cached_soft_targets(
     items: Sequence,
     root: str | Path | None = None,
     show_progress: bool = False,
+    config: Any = None,
 ) -> list[torch.Tensor]:
     """The teacher's per-word logits for every item (rows of NaN for words without a token), cached per
     item under the teacher's fingerprint: a call runs the teacher only on items no earlier call saw, so
-    the label budgets of one split (nested subsets, the same unlabelled rest) share one teacher pass."""
+    the label budgets of one split (nested subsets, the same unlabelled rest) share one teacher pass.
+    ``config`` (a fine-tuning config) gives the task's input settings, e.g. QA's window length."""
     from alad.models.task_model import AladTaskModel
 
     teacher_model_dir = Path(teacher_model_dir)
-    directory = Path(root or cache_root()) / SOFT_TARGETS_DIR / f"{task.name}-{_teacher_fingerprint(teacher_model_dir)}"
+    settings = task.soft_target_settings(config)  # e.g. QA's window length: another length, other targets
+    name = f"{task.name}-{_teacher_fingerprint(teacher_model_dir)}" + (f"-{settings}" if settings else "")
+    directory = Path(root or cache_root()) / SOFT_TARGETS_DIR / name
     keys = [_item_key(item) for item in task.strip_labels(items)]
     known = _read_parts(directory)
     first = {}  # each missing key once, with the first item that has it
@@ -60,7 +64,7 @@ def cached_soft_targets(
             first.setdefault(key, item)
     if first:
         teacher = AladTaskModel.from_pretrained(teacher_model_dir)
-        soft = task.soft_targets(teacher, list(first.values()), show_progress=show_progress)
+        soft = task.soft_targets(teacher, list(first.values()), config, show_progress=show_progress)
         _write_part(directory, list(first), soft)
         known.update(zip(first, soft, strict=True))
     return [known[key] for key in keys]

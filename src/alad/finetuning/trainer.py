@@ -647,7 +647,8 @@ def distillation_targets(
     from alad.finetuning.teacher_signals import cached_soft_targets
 
     unlabelled, items = distillation_items(task, splits, config)
-    return unlabelled, cached_soft_targets(task, Path(config.teacher) / MODEL_DIR, items, show_progress=show_progress)
+    teacher = Path(config.teacher) / MODEL_DIR
+    return unlabelled, cached_soft_targets(task, teacher, items, show_progress=show_progress, config=config)
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[AladTaskModel, FinetuneConfig]:

@@ -54,14 +54,16 @@ def _distillation_targets_once(jobs: list[RowJob], splits: TaskSplits, show_prog
     """The teacher's soft targets of every distillation row, cached here first in one teacher pass per
     teacher over the union of their items: rows started side by side would otherwise each run the
     teacher, and the budgets of one split share most items (the unlabelled rest, nested subsets)."""
-    wanted: dict[tuple[str, str], list] = {}
+    wanted: dict[tuple[str, str, str], tuple[FinetuneConfig, list]] = {}
     for job in jobs:
         if job.config.kd_weight > 0:
             task = get_task(job.config.task)
             _, items = distillation_items(task, splits.with_budget(job.budget), job.config)
-            wanted.setdefault((job.config.task, str(job.config.teacher)), []).extend(items)
-    for (task_name, teacher), items in wanted.items():
-        cached_soft_targets(get_task(task_name), Path(teacher) / MODEL_DIR, items, show_progress=show_progress)
+            key = (job.config.task, str(job.config.teacher), task.soft_target_settings(job.config))
+            wanted.setdefault(key, (job.config, []))[1].extend(items)
+    for (task_name, teacher, _), (config, items) in wanted.items():
+        task = get_task(task_name)
+        cached_soft_targets(task, Path(teacher) / MODEL_DIR, items, show_progress=show_progress, config=config)
 
 
 def run_row_jobs(

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 TASKS: dict[str, Task] = {}
+IGNORE_INDEX = -100  # a label position the loss skips (non-first sub-tokens; windows read only for distillation)
 
 
 def register_task(task: Task) -> Task:
@@ -62,9 +63,16 @@ class Task:
         """Cross-entropy of the logits against the batch's gold labels."""
         raise NotImplementedError
 
-    def soft_targets(self, teacher: Any, items: Sequence, show_progress: bool = False) -> list[torch.Tensor]:
-        """The fine-tuned teacher's logits on ``items``, in a tokenizer-independent unit (words)."""
+    def soft_targets(
+        self, teacher: Any, items: Sequence, config: Any = None, show_progress: bool = False
+    ) -> list[torch.Tensor]:
+        """The fine-tuned teacher's logits on ``items``, in a tokenizer-independent unit (words, characters);
+        ``config`` gives the input settings that :meth:`soft_target_settings` names."""
         raise NotImplementedError(f"knowledge distillation is not implemented for {self.name}")
+
+    def soft_target_settings(self, config: Any) -> str:
+        """The settings of ``config`` that change the teacher's soft targets (part of their cache key)."""
+        return ""
 
     def attach_soft_targets(self, features: Sequence, soft: Sequence[torch.Tensor]) -> None:
         """Put each item's soft targets on the student's token positions of its features."""
@@ -155,3 +163,29 @@ def batched_logits(
         for row, i in enumerate(indices):
             out[i] = logits[row, : lengths[i]]
     return out
+
+
+def pad_teacher_signals(
+    features: Sequence, attr: str, name: str, mask_name: str, width: int, per_value: bool = False
+) -> dict:
+    """Pad per-token teacher signals ([T, D] per feature, NaN = none) into ``name`` with a mask of real
+    rows (``per_value``: of real values, [B, W, D]); ``align_target`` carries its own ``align_mask``."""
+    present = [getattr(f, attr) for f in features if getattr(f, attr) is not None]
+    if not present:
+        return {}
+    dim = present[0].shape[-1]
+    values = torch.zeros(len(features), width, dim)
+    counted = torch.zeros(len(features), width, *((dim,) if per_value else ()), dtype=torch.bool)
+    for row, feature in enumerate(features):
+        value = getattr(feature, attr)
+        if value is None:
+            continue
+        n = value.shape[0]
+        if attr == "align_target":
+            values[row, :n] = value.float()
+            counted[row, :n] = feature.align_mask
+        else:
+            valid = ~torch.isnan(value)
+            values[row, :n] = torch.nan_to_num(value.float())
+            counted[row, :n] = valid if per_value else valid.all(dim=-1)
+    return {name: values, mask_name: counted}

@@ -6,12 +6,14 @@ lives in :mod:`alad.tasks.squad`; this class plugs it into fine-tuning, evaluati
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.nn import functional as F
 
 from alad.data.readers import QAExample, question_context_pairs
 from alad.evaluation.metrics import no_answer_baseline, squad_v1_metrics, squad_v2_metrics
-from alad.tasks.base import Task, batched_logits, register_task
+from alad.tasks.base import IGNORE_INDEX, Task, batched_logits, register_task
 
 SQUAD_V1_EVAL = "squad_v1_eval"  # the extra evaluation set and its key in metrics.json
 V2_SCORING = "official SQuAD 2.0 (EM/F1, HasAns/NoAns, best null threshold), beside always-no-answer"
@@ -27,6 +29,7 @@ class QATask(Task):
     main_metric = "f1"
     columns = ("f1", "exact", "HasAns_f1", "NoAns_f1", "best_f1")
     has_labels = False
+    supports_distillation = True
 
     def head_outputs(self, labels) -> int:
         return 2  # start and end logits
@@ -44,7 +47,11 @@ class QATask(Task):
         from alad.tasks.squad import prepare_qa_features
 
         max_length = min(config.max_length, model.max_length)
-        return prepare_qa_features(items, model.tokenizer, max_length=max_length, doc_stride=config.doc_stride)
+        features = prepare_qa_features(items, model.tokenizer, max_length=max_length, doc_stride=config.doc_stride)
+        if not labelled:  # distillation only: no span label, not even "no answer"
+            for feature in features:
+                feature.start_position = feature.end_position = IGNORE_INDEX
+        return features
 
     def collate(self, model, features) -> dict[str, torch.Tensor]:
         from alad.tasks.squad import collate_qa
@@ -55,7 +62,43 @@ class QATask(Task):
         start, end = logits[..., 0], logits[..., 1]
         masked = batch["attention_mask"] == 0
         start, end = start.masked_fill(masked, -1e4), end.masked_fill(masked, -1e4)
+        if not (batch["start_positions"] != IGNORE_INDEX).any():  # a batch of unlabelled windows (distillation)
+            return logits.sum() * 0.0
         return (F.cross_entropy(start, batch["start_positions"]) + F.cross_entropy(end, batch["end_positions"])) / 2
+
+    def soft_target_settings(self, config) -> str:
+        return f"len{config.max_length}-stride{config.doc_stride}"
+
+    def soft_targets(self, teacher, items, config=None, show_progress: bool = False) -> list[torch.Tensor]:
+        """The teacher's start/end logits per context character, on windows of ``config``'s length and stride."""
+        from alad.tasks.squad import soft_span_targets
+
+        plain = self.strip_labels(items)
+        features = self.features(teacher, plain, config, labelled=False)
+        return soft_span_targets(plain, features, batched_logits(teacher, self, features, show_progress=show_progress))
+
+    def attach_soft_targets(self, features, soft) -> None:
+        from alad.tasks.squad import attach_soft_span_targets
+
+        attach_soft_span_targets(features, soft)
+
+    def distillation_loss(self, logits, batch, temperature: float) -> torch.Tensor:
+        """T^2 * KL(teacher_T || student_T) of the start and of the end distribution of each window, over
+        the tokens that carry a teacher logit (the no-answer position and tokens at its token boundaries)."""
+        mask = batch["soft_mask"] & (batch["attention_mask"] == 1).unsqueeze(-1)
+        logits = logits.float()
+        total, count = logits.sum() * 0.0, 0
+        for column in (0, 1):
+            keep = mask[..., column]
+            rows = keep.sum(dim=1) > 1  # a distribution over one position teaches nothing
+            if not rows.any():
+                continue
+            student = F.log_softmax((logits[..., column] / temperature).masked_fill(~keep, -math.inf), dim=1)
+            soft = batch["soft_targets"][..., column] / temperature
+            teacher = F.log_softmax(soft.masked_fill(~keep, -math.inf), dim=1)
+            kl = (teacher.exp() * (teacher - student)).masked_fill(~keep, 0.0).sum(dim=1)
+            total, count = total + kl[rows].sum(), count + int(rows.sum())
+        return total / max(count, 1) * temperature**2
 
     def predict(self, model, examples, config, show_progress: bool = False):
         """Best span text and no-answer score (null minus best span; > 0 favours no answer) per question."""

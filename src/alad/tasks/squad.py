@@ -44,10 +44,12 @@ import torch
 
 from alad.data.readers import QAExample
 from alad.evaluation.metrics import normalize_answer
+from alad.tasks.base import pad_teacher_signals
 
 __all__ = [
     "QAFeature",
     "apply_null_threshold",
+    "attach_soft_span_targets",
     "check_disjoint_by_article",
     "check_question_room",
     "check_squad_v1_scorable",
@@ -59,6 +61,7 @@ __all__ = [
     "merge_squad_train",
     "pool_summary",
     "prepare_qa_features",
+    "soft_span_targets",
     "split_squad_by_article",
     "squad_v1_eval_set",
     "subsample_examples",
@@ -89,6 +92,7 @@ class QAFeature:
     offsets: list[tuple[int, int] | None]
     start_position: int
     end_position: int
+    soft: torch.Tensor | None = None  # [T, 2] teacher start/end logits (distillation), NaN where none
 
 
 # --------------------------------------------------------------------------------------------------
@@ -363,7 +367,55 @@ def collate_qa(features: Sequence[QAFeature], pad_token_id: int) -> dict[str, to
         batch["token_type_ids"] = token_type_ids
     batch["start_positions"] = torch.tensor([f.start_position for f in features], dtype=torch.long)
     batch["end_positions"] = torch.tensor([f.end_position for f in features], dtype=torch.long)
+    batch.update(pad_teacher_signals(features, "soft", "soft_targets", "soft_mask", width, per_value=True))
     return batch
+
+
+# --------------------------------------------------------------------------------------------------
+# distillation: the teacher's span logits per context character, so they move across tokenizers
+
+
+def soft_span_targets(
+    examples: Sequence[QAExample], features: Sequence[QAFeature], logits: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Per example a ``[len(context) + 1, 2]`` tensor of the teacher's logits (NaN where none).
+
+    Row 0 holds the no-answer logits (position 0 of a window), averaged over the example's windows; row
+    ``1 + c`` column 0 the start logit of the token that begins at character ``c``, column 1 the end
+    logit of the token that ends at character ``c`` (inclusive). A character seen by several windows
+    takes the window where its token has the most context on both sides (as BERT's decoding does).
+    """
+    out = [torch.full((len(ex.context) + 1, 2), float("nan")) for ex in examples]
+    best = [torch.full((len(ex.context) + 1, 2), -1.0) for ex in examples]
+    nulls: dict[int, list[torch.Tensor]] = {}
+    for feature, values in zip(features, logits, strict=True):
+        nulls.setdefault(feature.example_index, []).append(values[0])
+        target, score = out[feature.example_index], best[feature.example_index]
+        context = [k for k, o in enumerate(feature.offsets) if o is not None]
+        for k in context:
+            start, end = feature.offsets[k]  # type: ignore[misc]
+            if end <= start:
+                continue
+            room = float(min(k - context[0], context[-1] - k))
+            for column, char in ((0, start), (1, end - 1)):
+                if room > score[1 + char, column]:
+                    target[1 + char, column], score[1 + char, column] = values[k, column], room
+    for index, rows in nulls.items():
+        out[index][0] = torch.stack(rows).mean(dim=0)
+    return out
+
+
+def attach_soft_span_targets(features: Sequence[QAFeature], soft: Sequence[torch.Tensor]) -> None:
+    """Put the per-character targets of :func:`soft_span_targets` on each feature's own tokens: a token
+    gets the start (end) logit of the teacher's token that starts (ends) at the same character."""
+    for feature in features:
+        chars = soft[feature.example_index]
+        target = torch.full((len(feature.input_ids), 2), float("nan"))
+        target[0] = chars[0]
+        for k, offset in enumerate(feature.offsets):
+            if offset is not None and offset[1] > offset[0]:
+                target[k, 0], target[k, 1] = chars[1 + offset[0], 0], chars[offset[1], 1]
+        feature.soft = target
 
 
 # --------------------------------------------------------------------------------------------------

@@ -19,11 +19,9 @@ from transformers import PreTrainedTokenizerBase
 
 from alad.data.readers import TaggedSentence
 from alad.evaluation.metrics import ner_metrics, pos_metrics
-from alad.tasks.base import TASKS, Task, batched_logits, register_task
+from alad.tasks.base import IGNORE_INDEX, TASKS, Task, batched_logits, pad_teacher_signals, register_task
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -142,32 +140,9 @@ def collate_token_features(features: Sequence[TokenFeature], pad_token_id: int) 
         mask[row, :n] = 1
         labels[row, :n] = torch.tensor(feature.labels)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    batch.update(_pad_optional(features, "soft", "soft_targets", "soft_mask", width))
-    batch.update(_pad_optional(features, "align_target", "align_targets", "align_mask", width))
+    batch.update(pad_teacher_signals(features, "soft", "soft_targets", "soft_mask", width))
+    batch.update(pad_teacher_signals(features, "align_target", "align_targets", "align_mask", width))
     return batch
-
-
-def _pad_optional(features: Sequence[TokenFeature], attr: str, name: str, mask_name: str, width: int) -> dict:
-    """Pad per-token teacher signals ([T, D] per feature, rows of NaN = none) with a mask of real rows."""
-    present = [getattr(f, attr) for f in features if getattr(f, attr) is not None]
-    if not present:
-        return {}
-    dim = present[0].shape[-1]
-    values = torch.zeros(len(features), width, dim)
-    counted = torch.zeros(len(features), width, dtype=torch.bool)
-    for row, feature in enumerate(features):
-        value = getattr(feature, attr)
-        if value is None:
-            continue
-        n = value.shape[0]
-        if attr == "align_target":
-            values[row, :n] = value.float()
-            counted[row, :n] = feature.align_mask
-        else:
-            valid = ~torch.isnan(value).any(dim=-1)
-            values[row, :n] = torch.nan_to_num(value.float())
-            counted[row, :n] = valid
-    return {name: values, mask_name: counted}
 
 
 def decode_token_predictions(
@@ -233,7 +208,7 @@ class TaggingTask(Task):
             return logits.sum() * 0.0
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels, ignore_index=IGNORE_INDEX)
 
-    def soft_targets(self, teacher, items, show_progress: bool = False) -> list[torch.Tensor]:
+    def soft_targets(self, teacher, items, config=None, show_progress: bool = False) -> list[torch.Tensor]:
         plain = self.strip_labels(items)
         features = self.features(teacher, plain, None, labelled=False)
         logits = batched_logits(teacher, self, features, show_progress=show_progress)
