@@ -271,6 +271,9 @@ def test_qa_recipe_aligns_on_question_context_pairs(bert_dir, sentences, tmp_pat
         "epochs": 1,
         "stage1": {"epochs": 1, "max_texts": 20, "hidden_size": 16, **ATTENTION},
         "stage2": {"epochs": 1, "align_special_tokens": True},
+        "compare_adapters": {"mlp": {"adapter_type": "mlp", "hidden_size": 24}},  # beside the attention adapter
+        "kd": {"kd_weight": 0.5, "kd_temperature": 2.0, "kd_max_texts": 8},  # span distillation
+        "labels": [6],
         "cosine_texts": 4,
         "teachers_dir": str(tmp_path / "teachers"),
         "profiles": {"quick": {}},
@@ -288,7 +291,24 @@ def test_qa_recipe_aligns_on_question_context_pairs(bert_dir, sentences, tmp_pat
         STUDENT_JOINT,
         "AlAd w1, frozen",
         "random-init adapter w1, frozen",
+        "student + KD, frozen + head",
+        "student + KD, full fine-tuning",
+        "AlAd w1 + KD, frozen",
+        "AlAd w1 mlp, teacher-head",
+        "AlAd w1 mlp, frozen",
     ]
+    rows = {r["name"]: r for r in results["rows"]}
+    assert all(rows[n]["unlabelled_items"] == 2 for n in names if "KD" in n)  # 8 items read, 6 labelled
+    # the compared adapter: aligned in its own stages, timed, no random twin of its own type
+    for name in ("AlAd w1 mlp, teacher-head", "AlAd w1 mlp, frozen"):
+        assert rows[name]["adapter_kind"] == "mlp" and rows[name]["gain_over_random"] is None
+        assert rows[name]["latency_ms_b1"] is not None and "/adapter-mlp/" in rows[name]["model_dir"]
+    assert rows["AlAd w1 mlp, teacher-head"]["labels"] == 0 and rows["AlAd w1, frozen"]["gain_over_random"] is not None
+    for stage in ("stage1-mlp", "stage2-mlp"):
+        adapter = AlignmentAdapter.from_pretrained(tmp_path / "run" / "tiny" / stage / "w1")
+        assert type(adapter) is not WindowAttentionAdapter and adapter.config.hidden_size == 24, stage
+    assert results["pairs"][0]["alignment"]["stage2-mlp"]["num_texts"] == 10
+    assert json.loads((tmp_path / "run" / "tiny" / "stage2-mlp" / "run_config.json").read_text())["config"]["init"]
     for row in results["rows"]:
         assert {"exact", "f1", "HasAns_f1", "NoAns_f1"} <= set(row) and row["main"] == row["f1"]
         assert 0.0 <= row["v1.1_exact"] <= row["v1.1_f1"] <= 100.0
@@ -296,7 +316,7 @@ def test_qa_recipe_aligns_on_question_context_pairs(bert_dir, sentences, tmp_pat
     v1 = json.loads((teacher_run / "metrics.json").read_text())["squad_v1_eval"]
     assert (results["rows"][0]["v1.1_exact"], results["rows"][0]["v1.1_f1"]) == (v1["exact"], v1["f1"])
     markdown = (tmp_path / "run" / "results.md").read_text()
-    assert "| best_f1 | v1.1_exact | v1.1_f1 | params |" in markdown
+    assert "| best_f1 | v1.1_exact | v1.1_f1 | params |" in markdown and "| AlAd w1 mlp, frozen | " in markdown
     assert "SQuAD 1.1 dev articles not in SQuAD 2.0 dev: 1 articles, 2 questions (2 evaluated); scoring: " in markdown
     assert "Training and evaluation disjoint by article: checked." in markdown
     # stage 2 aligned on the questions and contexts as the QA model reads them: one pair per question
@@ -335,6 +355,11 @@ def test_recipe_stage_options_take_the_adapter_type_and_are_checked():
         check_recipe({"windows": [3], "stage1": {"adapter_type": "lstm"}})
     with pytest.raises(ValueError, match=r"attention_dim \(8\) must be divisible by attention_heads \(3\)"):
         check_recipe({**recipe, "stage2": {"attention_heads": 3}})
+    check_recipe({**recipe, "compare_adapters": {"mlp": {"adapter_type": "mlp"}}})  # stage 1's shape is not merged
+    with pytest.raises(ValueError, match=r"compare_adapters: 'x' needs a mapping of adapter options"):
+        check_recipe({**recipe, "compare_adapters": {"x": {"epochs": 3}}})
+    with pytest.raises(ValueError, match="adapter_type 'lstm' is not one of attention, mlp"):
+        check_recipe({**recipe, "compare_adapters": {"x": {"adapter_type": "lstm"}}})
 
 
 def test_recipe_precision_reaches_alignment_and_stage_3_not_the_teacher():
@@ -394,7 +419,8 @@ def test_qa_config_profiles_accept_the_real_squad_pool(profile, tmp_path):
     evaluated = 1000 if profile == "quick" else None
     assert len(splits.eval) == (evaluated or 6709) and len(splits.extra_eval["squad_v1_eval"]) == (evaluated or 4557)
     assert len(splits.train) == (4000 if profile == "quick" else 93105)
-    assert teacher.max_train == (22000 if profile == "quick" else None) and teacher.squad_v1_train
+    assert teacher.max_train == (44000 if profile == "quick" else None) and teacher.squad_v1_train
+    assert (teacher.epochs, teacher.precision) == ((1, "bf16") if profile == "quick" else (2, "fp32"))
     assert len(stage2_texts(ctx)) == (10000 if profile == "quick" else 93105)
     assert {p["name"] for p in config["pairs"]} >= (
         {"minilm-l2-to-minilm-l6"} if profile == "quick" else {"minilm-l2-to-minilm-l6", "minilm-l6-to-mpnet"}

@@ -75,6 +75,7 @@ _RUN_FIELDS = {
     "kd",
     "sweep_rows",
     "stage3_compare",
+    "compare_adapters",
 }
 SWEEP_ROWS = (
     "student-frozen",
@@ -353,10 +354,19 @@ def check_recipe(config: dict[str, Any]) -> None:
     windows = config.get("windows")
     if not isinstance(windows, list | tuple) or not windows:
         raise ValueError(f"windows must be a list of odd window sizes such as [1, 3], got {windows!r}")
-    for key in ("stage1", "stage2", "kd", "stage3_compare"):
+    for key in ("stage1", "stage2", "kd", "stage3_compare", "compare_adapters"):
         if not isinstance(config.get(key) or {}, dict):
             raise ValueError(f"{key} must be a mapping of alignment options, got {config.get(key)!r}")
     names = {f.name for f in dataclasses.fields(AlignConfig)}
+    for adapter, options in (config.get("compare_adapters") or {}).items():
+        check_path_name(str(adapter), "compare_adapters name")
+        unknown = sorted(set(options or {}) - set(ADAPTER_SHAPE_OPTIONS))
+        if not isinstance(options, dict) or unknown or not options:
+            raise ValueError(
+                f"compare_adapters: {adapter!r} needs a mapping of adapter options {list(ADAPTER_SHAPE_OPTIONS)}, "
+                f"e.g. {{adapter_type: attention}}; got {options!r}"
+            )
+        AlignConfig(windows=tuple(windows), **{**_without_shape(config.get("stage1")), **options})
     for key in ("stage1", "stage2"):
         values = dict(config.get(key) or {})
         unknown = sorted(set(values) - names)
@@ -562,7 +572,32 @@ def pair_rows(ctx: _Context, runner: _RowRunner, name: str, pair_dir: Path, alig
             rows += stage3_variants(runner, compare, window, adapter_dir, ctx.main_budget)
         for budget in sorted(ctx.budgets, key=lambda b: (b != ctx.main_budget, -b)):  # the main budget first
             rows += stage3_rows(ctx, runner, budget, window, adapter_dir, random_dir)
+        for kind, folder in alignment.get("other_adapters", {}).items():
+            rows += other_adapter_rows(ctx, runner, kind, folder / f"w{window}", window)
     return [row for row in rows if row is not None]  # None: not run yet (report_only), or only planned
+
+
+def other_adapter_rows(ctx: _Context, runner: _RowRunner, kind: str, adapter_dir: Path, window: int) -> list[dict]:
+    """An adapter of ``compare_adapters`` beside the recipe's: its teacher-head, frozen and joint rows at
+    the main budget, timed like every main row (its latency is the point of the comparison)."""
+    rows = []
+    for mode in [m for m in ("teacher-head", "frozen", "joint") if m in ctx.config["modes"]]:
+        budget_extra = {"labels": 0} if mode == "teacher-head" else {}
+        rows.append(
+            runner.run(
+                f"alad-w{window}-{mode}",
+                f"AlAd w{window} {kind}, {mode}",
+                "alad",
+                ctx.main_budget,
+                adapter_dir,
+                mode,
+                sub=f"adapter-{kind}",
+                window=window,
+                adapter_kind=kind,
+                **budget_extra,
+            )
+        )
+    return rows
 
 
 class _RowRunner:
@@ -713,6 +748,11 @@ def stage2_options(config: dict) -> dict:
     return stage2
 
 
+def _without_shape(options: dict | None) -> dict:
+    """A stage's alignment options without the adapter's type and shape (:data:`ADAPTER_SHAPE_OPTIONS`)."""
+    return {k: v for k, v in (options or {}).items() if k not in ADAPTER_SHAPE_OPTIONS}
+
+
 def _finished_for_report(ctx: _Context, folder: Path, done_file: str) -> None:
     """With ``report_only``, a stage every later row needs must be finished: say which one is not."""
     if ctx.report_only and not (folder / done_file).is_file():
@@ -752,12 +792,37 @@ def align_stages(ctx: _Context, pair: dict, name: str, pair_dir: Path, student: 
         best = max(variants, key=lambda f: summaries[f]["windows"][window]["val_cosine"])
         adapters[window], chosen[window] = pair_dir / best / f"w{window}", best
     compared = {("after stage 1" if init else "from scratch"): pair_dir / folder for folder, init in variants.items()}
+    others = {}
+    for kind, options in (config.get("compare_adapters") or {}).items():  # another adapter, aligned the same way
+        others[kind] = _align_other_adapter(ctx, pair_dir, kind, options, common, texts, corpus, summaries)
     return {
         "summaries": summaries,
         "adapters": adapters,
         "chosen": chosen,
         "variants": compared if len(compared) > 1 else {},
+        "other_adapters": others,
     }
+
+
+def _align_other_adapter(
+    ctx: _Context, pair_dir: Path, kind: str, options: dict, common: dict, texts: list, corpus: str, summaries: dict
+) -> Path:
+    """Stages 1 (where the recipe has it) and 2 for an adapter of other ``options`` (``compare_adapters``:
+    its shape options replace the stages' own, the rest as the recipe's); its folder of stage 2."""
+    config, init = ctx.config, None
+    if config.get("stage1", {}) is not None:
+        folder = f"stage1-{kind}"
+        align1 = AlignConfig(corpus=config.get("corpus"), **{**common, **_without_shape(config["stage1"]), **options})
+        _finished_for_report(ctx, pair_dir / folder, "summary.json")
+        summaries[folder] = align(pair_dir / folder, align1, show_progress=ctx.show_progress, device=ctx.device)
+        init = str(pair_dir / folder)
+    folder = f"stage2-{kind}"
+    stage2 = _without_shape(config.get("stage2"))
+    align2 = AlignConfig(init=init, max_texts=None, corpus=corpus, **{**common, **stage2, **options})
+    _finished_for_report(ctx, pair_dir / folder, "summary.json")
+    show, device = ctx.show_progress, ctx.device
+    summaries[folder] = align(pair_dir / folder, align2, texts=texts, show_progress=show, device=device)
+    return pair_dir / folder
 
 
 def _cosine_reference(config, splits, teacher_encoder_dir: Path, show_progress: bool):
@@ -808,7 +873,7 @@ def _summarise_pair(name: str, student: str, teacher: str, rows: list[dict], ali
         if row["mode"] == "teacher-head":
             row["share_of_teacher"] = row["main"] / teacher_score if teacher_score else None
         if row["kind"] in ("alad", "alad-kd", "variant"):
-            twin = randoms.get((budget, row["mode"], row.get("window")))
+            twin = None if row.get("adapter_kind") else randoms.get((budget, row["mode"], row.get("window")))
             row["gain_over_random"] = row["main"] - twin if twin is not None else None
     for warning in warnings:
         logger.warning(warning)
