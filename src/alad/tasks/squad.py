@@ -385,24 +385,23 @@ def soft_span_targets(
     logit of the token that ends at character ``c`` (inclusive). A character seen by several windows
     takes the window where its token has the most context on both sides (as BERT's decoding does).
     """
-    out = [torch.full((len(ex.context) + 1, 2), float("nan")) for ex in examples]
-    best = [torch.full((len(ex.context) + 1, 2), -1.0) for ex in examples]
-    nulls: dict[int, list[torch.Tensor]] = {}
+    out = [np.full((len(ex.context) + 1, 2), np.nan, dtype=np.float32) for ex in examples]
+    best = [np.full((len(ex.context) + 1, 2), -1.0) for ex in examples]
+    nulls: dict[int, list[np.ndarray]] = {}
     for feature, values in zip(features, logits, strict=True):
+        values = values.float().numpy()
         nulls.setdefault(feature.example_index, []).append(values[0])
+        tokens, spans, room = _context_spans(feature)
+        if not len(tokens):
+            continue
         target, score = out[feature.example_index], best[feature.example_index]
-        context = [k for k, o in enumerate(feature.offsets) if o is not None]
-        for k in context:
-            start, end = feature.offsets[k]  # type: ignore[misc]
-            if end <= start:
-                continue
-            room = float(min(k - context[0], context[-1] - k))
-            for column, char in ((0, start), (1, end - 1)):
-                if room > score[1 + char, column]:
-                    target[1 + char, column], score[1 + char, column] = values[k, column], room
+        for column, rows in ((0, 1 + spans[:, 0]), (1, spans[:, 1])):  # start char, end char (1 + end - 1)
+            better = room > score[rows, column]
+            target[rows[better], column] = values[tokens[better], column]
+            score[rows[better], column] = room[better]
     for index, rows in nulls.items():
-        out[index][0] = torch.stack(rows).mean(dim=0)
-    return out
+        out[index][0] = np.mean(rows, axis=0)
+    return [torch.from_numpy(o) for o in out]
 
 
 def attach_soft_span_targets(features: Sequence[QAFeature], soft: Sequence[torch.Tensor]) -> None:
@@ -412,10 +411,23 @@ def attach_soft_span_targets(features: Sequence[QAFeature], soft: Sequence[torch
         chars = soft[feature.example_index]
         target = torch.full((len(feature.input_ids), 2), float("nan"))
         target[0] = chars[0]
-        for k, offset in enumerate(feature.offsets):
-            if offset is not None and offset[1] > offset[0]:
-                target[k, 0], target[k, 1] = chars[1 + offset[0], 0], chars[offset[1], 1]
+        tokens, spans, _ = _context_spans(feature)
+        if len(tokens):
+            index = torch.from_numpy(tokens)
+            target[index, 0] = chars[torch.from_numpy(1 + spans[:, 0]), 0]
+            target[index, 1] = chars[torch.from_numpy(spans[:, 1]), 1]
         feature.soft = target
+
+
+def _context_spans(feature: QAFeature) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions of the window's context tokens that cover characters, their ``(start, end)`` spans, and
+    their room: tokens to the nearer edge of the window's context (zero-width tokens count as positions)."""
+    context = [k for k, o in enumerate(feature.offsets) if o is not None]
+    pairs = [(k, feature.offsets[k]) for k in context if feature.offsets[k][1] > feature.offsets[k][0]]
+    tokens = np.array([k for k, _ in pairs], dtype=np.int64)
+    spans = np.array([o for _, o in pairs], dtype=np.int64).reshape(-1, 2)
+    room = np.minimum(tokens - context[0], context[-1] - tokens) if context else tokens
+    return tokens, spans, room
 
 
 # --------------------------------------------------------------------------------------------------
