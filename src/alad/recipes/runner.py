@@ -360,8 +360,7 @@ def check_recipe(config: dict[str, Any]) -> None:
     names = {f.name for f in dataclasses.fields(AlignConfig)}
     for adapter, options in (config.get("compare_adapters") or {}).items():
         check_path_name(str(adapter), "compare_adapters name")
-        unknown = sorted(set(options or {}) - set(ADAPTER_SHAPE_OPTIONS))
-        if not isinstance(options, dict) or unknown or not options:
+        if not isinstance(options, dict) or not options or set(options) - set(ADAPTER_SHAPE_OPTIONS):
             raise ValueError(
                 f"compare_adapters: {adapter!r} needs a mapping of adapter options {list(ADAPTER_SHAPE_OPTIONS)}, "
                 f"e.g. {{adapter_type: attention}}; got {options!r}"
@@ -771,8 +770,7 @@ def align_stages(ctx: _Context, pair: dict, name: str, pair_dir: Path, student: 
     stage1 = config.get("stage1", {})
     if stage1 is not None:
         align1 = AlignConfig(corpus=config.get("corpus"), **{**common, **stage1})  # a stage's own setting wins
-        _finished_for_report(ctx, pair_dir / "stage1", "summary.json")
-        summaries["stage1"] = align(pair_dir / "stage1", align1, show_progress=ctx.show_progress, device=ctx.device)
+        summaries["stage1"] = _align_stage(ctx, pair_dir / "stage1", align1)
         print(f"[{name}] stage 1, task-independent alignment:\n{format_summary(summaries['stage1'])}")
     texts = stage2_texts(ctx)
     corpus = f"task:{ctx.task}:{config.get('data')}:{config.get('stage2_texts', 'all')}"
@@ -782,10 +780,7 @@ def align_stages(ctx: _Context, pair: dict, name: str, pair_dir: Path, student: 
         variants["stage2-scratch"] = None
     for folder, init in variants.items():
         align2 = AlignConfig(init=init, max_texts=None, corpus=corpus, **{**common, **stage2})
-        _finished_for_report(ctx, pair_dir / folder, "summary.json")
-        summaries[folder] = align(
-            pair_dir / folder, align2, texts=texts, show_progress=ctx.show_progress, device=ctx.device
-        )
+        summaries[folder] = _align_stage(ctx, pair_dir / folder, align2, texts)
         print(f"[{name}] {folder}, alignment on the task's text (labels unused):\n{format_summary(summaries[folder])}")
     adapters, chosen = {}, {}
     for window in map(str, windows):
@@ -813,16 +808,19 @@ def _align_other_adapter(
     if config.get("stage1", {}) is not None:
         folder = f"stage1-{kind}"
         align1 = AlignConfig(corpus=config.get("corpus"), **{**common, **_without_shape(config["stage1"]), **options})
-        _finished_for_report(ctx, pair_dir / folder, "summary.json")
-        summaries[folder] = align(pair_dir / folder, align1, show_progress=ctx.show_progress, device=ctx.device)
+        summaries[folder] = _align_stage(ctx, pair_dir / folder, align1)
         init = str(pair_dir / folder)
     folder = f"stage2-{kind}"
     stage2 = _without_shape(config.get("stage2"))
     align2 = AlignConfig(init=init, max_texts=None, corpus=corpus, **{**common, **stage2, **options})
-    _finished_for_report(ctx, pair_dir / folder, "summary.json")
-    show, device = ctx.show_progress, ctx.device
-    summaries[folder] = align(pair_dir / folder, align2, texts=texts, show_progress=show, device=device)
+    summaries[folder] = _align_stage(ctx, pair_dir / folder, align2, texts)
     return pair_dir / folder
+
+
+def _align_stage(ctx: _Context, folder: Path, config: AlignConfig, texts: list | None = None) -> dict:
+    """One alignment stage into ``folder`` (reused when finished); with ``report_only`` it must be finished."""
+    _finished_for_report(ctx, folder, "summary.json")
+    return align(folder, config, texts=texts, show_progress=ctx.show_progress, device=ctx.device)
 
 
 def _cosine_reference(config, splits, teacher_encoder_dir: Path, show_progress: bool):
