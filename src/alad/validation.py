@@ -229,6 +229,11 @@ def check_finetune_inputs(out: Path, config: Any) -> None:
         return  # a finished run is only read back
     if config.adapter and not Path(config.adapter).is_dir():
         raise FileNotFoundError(f"adapter folder not found: --adapter {config.adapter}; pass an adapter folder (w<K>)")
+    if config.init_from and not (Path(config.init_from) / "model").is_dir():
+        raise FileNotFoundError(
+            f"--init-from {config.init_from} is not a finished fine-tuning run (no model/ folder); pass the folder "
+            "of a finished alad finetune run"
+        )
     if config.teacher and not (Path(config.teacher) / "model").is_dir():
         raise FileNotFoundError(
             f"--teacher {config.teacher} is not a finished fine-tuning run (no model/ folder); run "

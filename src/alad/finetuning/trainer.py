@@ -35,7 +35,7 @@ from alad.io.serialization import (
     write_json_atomic,
 )
 from alad.models.encoders import MINILM, resolve_device
-from alad.models.task_model import MODES, AladTaskModel, build_task_model
+from alad.models.task_model import MODES, AladTaskModel, build_task_model, continued_task_model
 from alad.tasks import TASKS, Task, get_task, predict_tags  # noqa: F401  (predict_tags: re-exported)
 from alad.training import distributed
 from alad.training.loop import ResumableLoop, adamw, optimizer_step, rng_state, set_rng_state
@@ -59,6 +59,13 @@ class FinetuneConfig:
     task: str = field(default="ner", metadata={"help": "a registered task: pos, ner or qa"})
     student: str = field(default=MINILM, metadata={"help": "encoder to fine-tune: packaged name, folder or hub id"})
     adapter: str | None = field(default=None, metadata={"help": "alignment adapter folder (none: plain encoder)"})
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "continue a finished fine-tuning run of a plain encoder (its folder): its encoder and head "
+            "are trained further on this run's data, in joint mode (student names the same encoder)"
+        },
+    )
     teacher: str | None = field(
         default=None, metadata={"help": "fine-tuned teacher run folder (needed by teacher-head mode)"}
     )
@@ -92,6 +99,14 @@ class FinetuneConfig:
             "help": "qa: unanswerable questions made by pairing a pool question with another paragraph of its own "
             "article that does not hold its answer: a share of the pool's answerable questions (0 < x < 1) or a "
             "whole number per article (x >= 1); 0: off"
+        },
+    )
+    squad_unanswerable_share: float | None = field(
+        default=None,
+        metadata={
+            "help": "qa: share of the seeded training subset (max_train) that is unanswerable, the pool's own "
+            "unanswerable questions first, then its made negatives (squad_negatives), each drawn by seed; SQuAD "
+            "2.0 dev is half unanswerable, SQuAD 1.1 train has none. None: a plain seeded subset"
         },
     )
     squad_v1_eval: bool = field(
@@ -201,10 +216,21 @@ class FinetuneConfig:
                 "head_init 'teacher' needs --adapter (its output is in the teacher's space) and --teacher "
                 "(whose head is copied)"
             )
+        if self.init_from and (self.adapter or self.mode != "joint" or self.head_init != "random"):
+            raise ValueError(
+                "init_from continues a fine-tuned plain encoder in joint mode: drop --adapter and --head-init, "
+                "use --mode joint"
+            )
         validate_finetune_config(self)  # types, finite numbers, ranges, data format against task
+        share = self.squad_unanswerable_share
         squad_settings = self.squad_v1_train or self.squad_v1_eval or self.squad_negatives or self.squad_v1
-        if squad_settings and self.task != "qa":
-            raise ValueError("--squad-v1-train, --squad-v1-eval, --squad-negatives and --squad-v1 are for --task qa")
+        if (squad_settings or share is not None) and self.task != "qa":
+            raise ValueError(
+                "--squad-v1-train, --squad-v1-eval, --squad-negatives, --squad-unanswerable-share and --squad-v1 "
+                "are for --task qa"
+            )
+        if share is not None and not 0 < share < 1:
+            raise ValueError(f"--squad-unanswerable-share is a share between 0 and 1 (e.g. 0.5), got {share}")
         if self.squad_negatives >= 1 and self.squad_negatives != int(self.squad_negatives):
             raise ValueError(
                 f"--squad-negatives is a share below 1 or a whole number per article, got {self.squad_negatives}"
@@ -287,7 +313,8 @@ def load_splits(config: FinetuneConfig) -> TaskSplits:
     info.update(task.check_disjoint(train_all, checked))
     if not train_all:
         raise ValueError(f"no training items in {info['train_file']}")
-    indices = seeded_subset(list(range(len(train_all))), config.max_train, config.seed)
+    indices, subset_info = task.training_subset(train_all, config)
+    info.update(subset_info)
     train = [train_all[i] for i in indices]
     evaluation = seeded_subset(eval_all, config.max_eval, config.seed + 1)
     info.update(
@@ -548,16 +575,21 @@ def finetune(
     labels = task.label_set(splits.train, teacher)
     task.check_data(splits.train, labels, "the training data")
     task.check_data(splits.eval, labels, "the evaluation data")  # fail before training, not after
-    model = build_task_model(
-        config.task,
-        config.student,
-        labels,
-        adapter=config.adapter,
-        mode=config.mode,
-        teacher_model=teacher,
-        head_from_teacher=config.head_init == "teacher",
-        seed=config.seed,
-    ).to(device)
+    model = (
+        build_task_model(
+            config.task,
+            config.student,
+            labels,
+            adapter=config.adapter,
+            mode=config.mode,
+            teacher_model=teacher,
+            head_from_teacher=config.head_init == "teacher",
+            seed=config.seed,
+        )
+        if not config.init_from
+        else continued_task_model(Path(config.init_from) / MODEL_DIR, config.task, labels)
+    )
+    model = model.to(device)
     # the data against the model's tokenizer (QA: the longest question fits a window), before any work
     task.check_inputs(model, [*splits.train, *splits.eval, *(x for s in splits.extra_eval.values() for x in s)], config)
     if ctx.is_main:

@@ -14,6 +14,7 @@ Without an adapter the same class is the plain baseline (``frozen`` = frozen stu
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,4 +283,18 @@ def build_task_model(
         head=head,
     )
     model.set_mode(mode)
+    return model
+
+
+def continued_task_model(directory: str | os.PathLike, task: str, labels: Sequence[str]) -> AladTaskModel:
+    """A saved task model of a plain encoder, in joint mode, to be fine-tuned further (``init_from``)."""
+    model = AladTaskModel.from_pretrained(directory)
+    if model.adapter is not None:
+        raise ValueError(f"init_from {directory} holds an adapted student; continue a plain fine-tuned encoder")
+    if model.config.task != task or tuple(model.config.labels) != tuple(labels):
+        raise ValueError(
+            f"init_from {directory} was fine-tuned for {model.config.task} with labels "
+            f"{list(model.config.labels)[:10]}, not for {task} with {list(labels)[:10]}"
+        )
+    model.set_mode("joint")
     return model

@@ -63,6 +63,7 @@ _RUN_FIELDS = {
     "stage2",
     "finetune",
     "teacher_finetune",
+    "teacher_refine",
     "teachers_dir",
     "name",
     "description",
@@ -196,20 +197,41 @@ def resolve_student(pair: dict, models_dir: Path) -> str:
 def _teacher_run(
     config: dict, pair: dict, teachers_dir: Path, show_progress: bool, device: str = "cpu", report_only: bool = False
 ) -> tuple[Path, dict]:
-    """Stage 0: the task-fine-tuned teacher, shared by every run with the same task, data and settings."""
+    """Stage 0: the task-fine-tuned teacher, shared by every run with the same task, data and settings;
+    with ``teacher_refine``, that teacher fine-tuned further with those settings (e.g. a QA teacher
+    taught to abstain on a share of unanswerable questions), recorded as ``refined_from``."""
     if pair.get("teacher_run"):
         run = Path(pair["teacher_run"])
         return run, read_json(run / METRICS, "teacher metrics (pass a finished fine-tuning run)")
     settings = dict(config.get("teacher_finetune") or {})
     ft = _finetune_config(config, stage3=False, student=pair["teacher"], adapter=None, mode="joint", **settings)
-    # Key on the settings that differ from the defaults, so a new option with a default keeps old teachers valid.
+    run = teachers_dir / f"{config['task']}-{_slug(pair['teacher'])}-{_digest(_settings_key(ft))}"
+    result = _finetune_teacher(run, ft, show_progress, device, report_only)
+    refine = config.get("teacher_refine")
+    if not refine:
+        return run, result
+    settings.update(refine)
+    student = str(run / MODEL_DIR / "encoder")
+    ft = _finetune_config(config, stage3=False, adapter=None, mode="joint", **settings)
+    ft = dataclasses.replace(ft, student=student, init_from=str(run))
+    key = {**_settings_key(ft), "student": run.name, "init_from": run.name}  # not the machine's paths
+    refined = teachers_dir / f"{run.name}-refined-{_digest(key)}"
+    first = {k: result[k] for k in ("headline", "metrics", "train_seconds", "training", "data") if k in result}
+    first.update({k: v for k, v in result.items() if k.startswith("squad_v1")})
+    return refined, {**_finetune_teacher(refined, ft, show_progress, device, report_only), "refined_from": first}
+
+
+def _settings_key(ft: FinetuneConfig) -> dict:
+    """The settings that differ from the defaults: a new option with a default keeps old teachers valid."""
     defaults = dataclasses.asdict(FinetuneConfig())
-    settings_key = {k: v for k, v in dataclasses.asdict(ft).items() if v != defaults[k]}
-    run = teachers_dir / f"{config['task']}-{_slug(pair['teacher'])}-{_digest(settings_key)}"
+    return {k: v for k, v in dataclasses.asdict(ft).items() if v != defaults[k]}
+
+
+def _finetune_teacher(run: Path, ft: FinetuneConfig, show_progress: bool, device: str, report_only: bool) -> dict:
     if report_only and not (run / METRICS).is_file():
         raise ValueError(f"the teacher {run} is not finished; run without --report-only first")
-    logger.info("stage 0: teacher %s fine-tuned on %s -> %s", pair["teacher"], config["task"], run)
-    return run, finetune(run, ft, show_progress=show_progress, device=device)
+    logger.info("stage 0: teacher %s fine-tuned on %s -> %s", ft.student, ft.task, run)
+    return finetune(run, ft, show_progress=show_progress, device=device)
 
 
 def _row(name: str, kind: str, result: dict, task: str, model_dir: Path, timed: bool, **extra) -> dict:
@@ -380,6 +402,14 @@ def check_recipe(config: dict[str, Any]) -> None:
         _finetune_config(config, mode="joint", adapter=None, teacher=None, head_init="random")
     except TypeError as err:
         raise ValueError(f"finetune: {err}; see alad finetune --help for the options") from err
+    teacher: dict = {}
+    for key in ("teacher_finetune", "teacher_refine"):  # the refine settings apply over the teacher's
+        values = config.get(key) or {}
+        unknown = sorted(set(values) - _FINETUNE_FIELDS) if isinstance(values, dict) else None
+        if unknown is None or unknown:
+            raise ValueError(f"{key} must be a mapping of fine-tuning options (alad finetune --help), got {values!r}")
+        teacher.update(values)
+        _finetune_config(config, stage3=False, student="teacher", adapter=None, mode="joint", **teacher)
     for mode in config.get("modes") or []:
         if mode not in ("frozen", "joint", "head-only", "teacher-head"):
             raise ValueError(f"modes: {mode!r} is not one of frozen, joint, head-only, teacher-head")

@@ -104,6 +104,12 @@ class Task:
         """Re-split training and evaluation items where the task needs it (e.g. SQuAD by article)."""
         return train, evaluation, {}
 
+    def training_subset(self, pool: Sequence, config: Any) -> tuple[list[int], dict[str, Any]]:
+        """Indices of the seeded ``max_train`` subset of the pool (sorted), and what to record about it."""
+        from alad.data.task_data import seeded_subset
+
+        return seeded_subset(list(range(len(pool))), config.max_train, config.seed), {}
+
     def check_source(self, source: Any, split: str, role: str) -> None:
         """Refuse a data file of the wrong kind for what is done with it (QA: a SQuAD 1.1 file where the
         SQuAD 2.0 scoring is asked), before it is read into items."""

@@ -184,6 +184,14 @@ class QATask(Task):
         info["pool"] = {**pool_summary(train), "negatives_made": len(negatives)}
         return train, evaluation, info
 
+    def training_subset(self, pool, config):
+        if config.squad_unanswerable_share is None:
+            return super().training_subset(pool, config)
+        from alad.tasks.squad import balanced_subset
+
+        indices, info = balanced_subset(pool, config.max_train, config.squad_unanswerable_share, config.seed)
+        return indices, {"unanswerable_share": info}
+
     def evaluation_sets(self, train, evaluation, loaded_eval, config):
         from alad.data.readers import read_squad
         from alad.data.task_data import seeded_subset, squad_v1_file

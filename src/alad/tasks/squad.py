@@ -50,6 +50,7 @@ __all__ = [
     "QAFeature",
     "apply_null_threshold",
     "attach_soft_span_targets",
+    "balanced_subset",
     "check_disjoint_by_article",
     "check_question_room",
     "check_squad_v1_scorable",
@@ -722,6 +723,39 @@ def make_negatives(pool: Sequence[QAExample], setting: float, seed: int) -> tupl
         "articles": len({_article(ex) for ex in negatives}),
     }
     return negatives, info
+
+
+def balanced_subset(
+    pool: Sequence[QAExample], n: int | None, share: float, seed: int
+) -> tuple[list[int], dict[str, Any]]:
+    """Indices (sorted) of ``n`` pool questions of which ``round(share * n)`` are unanswerable: the
+    pool's own unanswerable questions first (SQuAD 2.0's, written against their paragraph), then
+    negatives made by :func:`make_negatives` (ids ending ``-neg``), each drawn by seed; the rest are
+    answerable questions drawn by seed. Too few of either kind fails, naming the fix."""
+    n = len(pool) if n is None else min(n, len(pool))
+    wanted = round(share * n)
+    rng = random.Random(seed + 307)
+    made = [i for i, ex in enumerate(pool) if ex.is_impossible and ex.id.endswith("-neg")]
+    own = [i for i, ex in enumerate(pool) if ex.is_impossible and not ex.id.endswith("-neg")]
+    answerable = [i for i, ex in enumerate(pool) if not ex.is_impossible]
+    if len(own) + len(made) < wanted or len(answerable) < n - wanted:
+        raise ValueError(
+            f"a subset of {n} questions with an unanswerable share of {share:g} needs {wanted} unanswerable and "
+            f"{n - wanted} answerable questions; the pool has {len(own) + len(made)} and {len(answerable)}: raise "
+            "squad_negatives, lower squad_unanswerable_share or max_train"
+        )
+    take_own = rng.sample(own, min(wanted, len(own)))
+    take_made = rng.sample(made, wanted - len(take_own))
+    take_answerable = rng.sample(answerable, n - wanted)
+    info = {
+        "share": share,
+        "questions": n,
+        "unanswerable_own": len(take_own),
+        "unanswerable_made": len(take_made),
+        "answerable": len(take_answerable),
+        "rule": "the pool's own unanswerable questions first, then made negatives, then answerable ones, by seed",
+    }
+    return sorted(take_own + take_made + take_answerable), info
 
 
 def check_squad_v1_scorable(examples: Sequence[QAExample], source: str) -> None:
