@@ -223,6 +223,39 @@ def test_config_validation():
         FinetuneConfig(head_init="teacher", teacher="runs/t")
 
 
+def test_unanswerable_share_and_init_from_validation():
+    with pytest.raises(ValueError, match="share between 0 and 1"):
+        FinetuneConfig(task="qa", data="squad", squad_unanswerable_share=1.0)
+    with pytest.raises(ValueError, match="--squad-unanswerable-share and --squad-v1 are for --task qa"):
+        FinetuneConfig(squad_unanswerable_share=0.5)
+    with pytest.raises(ValueError, match="init_from continues a fine-tuned plain encoder in joint mode"):
+        FinetuneConfig(init_from="runs/t", adapter="somewhere", mode="frozen")
+
+
+def test_init_from_continues_a_finished_run(ner_run, ner_config, tmp_path, monkeypatch):
+    """The continued model starts from the run's encoder and head (not a fresh head), in joint mode."""
+    out, _ = ner_run
+    seen = {}
+
+    def record(model, features, config, *args, **kwargs):
+        seen["head"] = model.head.weight.detach().clone()
+        seen["mode"], seen["trainable"] = model.config.mode, model.trainable_parameter_names()
+        return {"steps": 0}
+
+    monkeypatch.setattr(finetune_module, "train_task_model", record)
+    config = dataclasses.replace(ner_config, init_from=str(out), student=str(out / MODEL_DIR / "encoder"))
+    finetune(tmp_path / "more", config, show_progress=False)
+    assert torch.equal(seen["head"], _weights(out / MODEL_DIR / "head.safetensors")["weight"])
+    assert seen["mode"] == "joint" and any(n.startswith("encoder.") for n in seen["trainable"])
+    # another task's run, or a folder that is not a finished run, is refused before any training
+    with pytest.raises(FileNotFoundError, match="--init-from .* is not a finished fine-tuning run"):
+        finetune(tmp_path / "none", dataclasses.replace(config, init_from=str(tmp_path)), show_progress=False)
+    ud = write_pos_data(tmp_path / "ud")
+    pos = dataclasses.replace(config, task="pos", data=f"conllu:{ud}", train_split="dev", eval_split="test")
+    with pytest.raises(ValueError, match="was fine-tuned for ner with labels"):
+        finetune(tmp_path / "pos", pos, show_progress=False)
+
+
 def test_length_bucketed_batches():
     lengths = [5, 30, 7, 12, 30, 6, 8, 29, 11, 5, 31, 10, 9]
     batches = length_bucketed_batches(lengths, 3, seed=0)
@@ -429,6 +462,15 @@ def test_qa_pool_and_evaluation_sets_from_hand_made_squad_files(tmp_path):
     )
     assert len(plain.pool) == 10 and plain.extra_eval == {}
     assert plain.info["squad_negatives"] == {"setting": 0, "made": 0, "state": "off"}
+
+
+def test_qa_training_subset_with_an_unanswerable_share(tmp_path):
+    splits = load_splits(_qa_pool_config(tmp_path, max_train=6, squad_unanswerable_share=0.5))
+    assert sum(ex.is_impossible for ex in splits.train) == 3 and len(splits.train) == 6
+    assert splits.info["unanswerable_share"]["unanswerable_own"] == 3  # the pool's own 3 (and 1 made)
+    assert sorted(splits.order[:6]) == sorted(splits.pool.index(ex) for ex in splits.train)
+    with pytest.raises(ValueError, match="needs 7 unanswerable and 7 answerable questions; the pool has 4 and 11"):
+        load_splits(_qa_pool_config(tmp_path / "more", max_train=14, squad_unanswerable_share=0.5))
 
 
 def test_qa_evaluation_article_in_training_is_refused(tmp_path):

@@ -382,6 +382,35 @@ def test_recipe_precision_reaches_alignment_and_stage_3_not_the_teacher():
         check_recipe({**recipe, "precision": "fp16"})
 
 
+def test_teacher_refine_continues_the_first_teacher(bert_dir, sentences, tmp_path, monkeypatch):
+    """teacher_refine: a second fine-tuning from the first teacher's run, in a folder of its own,
+    with the first pass recorded beside it; a finished first pass is reused, not retrained."""
+    from alad.recipes.report import _teacher_lines
+    from alad.recipes.runner import _first_pass, _teacher_run, check_recipe
+
+    refine = {"epochs": 2, "lr_encoder": 5.0e-5}
+    config = load_run_config(write_recipe(tmp_path, bert_dir, sentences, teacher_refine=refine), "quick")
+    check_recipe(config)
+    pair, teachers = config["pairs"][0], Path(config["teachers_dir"])
+    plain, first = _teacher_run({k: v for k, v in config.items() if k != "teacher_refine"}, pair, teachers, False)
+    run, result = _teacher_run(config, pair, teachers, False)
+    assert run.parent == teachers and run.name.startswith(plain.name + "-refined-")
+    saved = json.loads((run / "finetune_config.json").read_text())["config"]
+    assert saved["init_from"] == str(plain) and saved["student"] == str(plain / "model" / "encoder")
+    assert (saved["epochs"], saved["lr_encoder"]) == (2, 5.0e-5) and result["training"]["steps"] > 0
+    assert result["refined_from"]["metrics"] == first["metrics"]
+    # the refined teacher differs from the first pass it started from
+    refined_head = load_file(str(run / "model" / "head.safetensors"))["weight"]
+    assert not torch.equal(refined_head, load_file(str(plain / "model" / "head.safetensors"))["weight"])
+    row = {"kind": "teacher", "train_items": 20, "train_seconds": 60.0, "first_pass": _first_pass(first, "ner")}
+    assert row["first_pass"]["main"] == first["headline"]["micro_f1"]
+    assert _teacher_lines([row])[0].startswith("Teacher: a first pass on 20 items (")
+    monkeypatch.setattr(finetune_module, "train_task_model", lambda *a, **k: pytest.fail("retrained a teacher"))
+    assert _teacher_run(config, pair, teachers, False)[1] == json.loads(json.dumps(result))
+    with pytest.raises(ValueError, match="teacher_refine must be a mapping of fine-tuning options"):
+        check_recipe({**config, "teacher_refine": {"stage2": 1}})
+
+
 @pytest.mark.parametrize("profile", ["quick", "full"])
 def test_qa_config_profiles_accept_the_real_squad_pool(profile, tmp_path):
     """configs/qa_squad2.yaml against the real shared files: reading and splitting only, no model."""
@@ -403,25 +432,48 @@ def test_qa_config_profiles_accept_the_real_squad_pool(profile, tmp_path):
     # 442 SQuAD 1.1 articles (10 of them the SQuAD 2.0 train articles, kept once) + 15 moved dev articles
     assert info["squad_v1_train"]["file_questions"] == 87599 and info["squad_v1_train"]["file_articles"] == 442
     assert info["squad_v1_train"]["duplicate_articles"] == 10
+    made = info["squad_negatives"]["made"]  # quick: one per 20 answerable questions; full: one per 2
+    wanted = round((0.05 if profile == "quick" else 0.5) * (93105 - 2891))
+    assert wanted - 100 < made <= wanted  # a few questions have their answer in every other paragraph
     assert info["pool"] == {
         "articles": 457,
         "paragraphs": 18197 + 694 + 523,  # SQuAD 1.1 train (694 of them also in SQuAD 2.0 train), moved dev
-        "questions": 93105,
+        "questions": 93105 + made,
         "answerable": 93105 - 2891,
-        "unanswerable": 2891,
-        "negatives_made": 0,
+        "unanswerable": 2891 + made,
+        "negatives_made": made,
     }
-    assert info["squad_negatives"]["state"] == "off" and len(splits.pool) == 93105
+    assert len(splits.pool) == 93105 + made
+    if profile == "quick":  # the students' 4,000: half unanswerable, SQuAD 2.0's own first
+        assert info["unanswerable_share"] == {
+            "share": 0.5,
+            "questions": 4000,
+            "unanswerable_own": 2000,
+            "unanswerable_made": 0,
+            "answerable": 2000,
+            "rule": "the pool's own unanswerable questions first, then made negatives, then answerable ones, by seed",
+        }
+        refine = _finetune_config(
+            config, stage3=False, student="t", adapter=None, mode="joint",
+            **{**config["teacher_finetune"], **config["teacher_refine"]},
+        )  # fmt: skip
+        assert (refine.max_train, refine.squad_unanswerable_share, refine.lr_encoder) == (12000, 0.5, 5.0e-5)
+    else:
+        assert "unanswerable_share" not in info
     sets = info["evaluation_sets"]
     assert (sets["evaluation"]["articles"], sets["evaluation"]["questions"]) == (20, 6709)
     assert (sets["squad_v1_eval"]["articles"], sets["squad_v1_eval"]["questions"]) == (13, 4557)
     assert sets["squad_v1_eval"]["unanswerable"] == 0 and info["disjoint_by_article"] == "checked"
     evaluated = 1000 if profile == "quick" else None
     assert len(splits.eval) == (evaluated or 6709) and len(splits.extra_eval["squad_v1_eval"]) == (evaluated or 4557)
-    assert len(splits.train) == (4000 if profile == "quick" else 93105)
+    assert len(splits.train) == (4000 if profile == "quick" else 93105 + made)
     assert teacher.max_train == (44000 if profile == "quick" else None) and teacher.squad_v1_train
     assert (teacher.epochs, teacher.precision) == ((1, "bf16") if profile == "quick" else (2, "fp32"))
-    assert len(stage2_texts(ctx)) == (10000 if profile == "quick" else 93105)
+    assert len(stage2_texts(ctx)) == (10000 if profile == "quick" else 93105 + made)
+    # the first teacher pass reads the pool as it is (no negatives, no share): the teacher already trained
+    assert (teacher.squad_negatives, teacher.squad_unanswerable_share) == (
+        (0, None) if profile == "quick" else (0.5, None)
+    )
     assert {p["name"] for p in config["pairs"]} >= (
         {"minilm-l2-to-minilm-l6"} if profile == "quick" else {"minilm-l2-to-minilm-l6", "minilm-l6-to-mpnet"}
     )

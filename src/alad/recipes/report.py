@@ -65,6 +65,7 @@ def format_results(results: dict) -> str:
         rows = [r for r in results["rows"] if r["pair"] == pair["name"]]
         lines += ["", f"## {pair['name']}: {pair['student']} -> {pair['teacher']}", ""]
         lines += [f"**WARNING: {warning}**\n" for warning in pair["warnings"]]
+        lines += _teacher_lines(rows)
         lines += _alignment_table(pair.get("alignment") or {})
         lines += ["", f"### Every row at {main} labels", ""]
         lines += _rows_table([r for r in rows if r["kind"] != "variant" and r.get("labels") in (None, 0, main)], cols)
@@ -108,6 +109,21 @@ def _wall_clock_line(results: dict) -> str:
 EXTRA_COLUMNS = ("v1.1_exact", "v1.1_f1")  # shown where rows have them (QA with squad_v1_eval)
 
 
+def _teacher_lines(rows: list[dict]) -> list[str]:
+    """A teacher continued by ``teacher_refine``: its first pass beside it."""
+    teacher = next((r for r in rows if r["kind"] == "teacher"), {})
+    first = teacher.get("first_pass")
+    if not first:
+        return []
+    extra = "".join(f", {c} {_fmt(first[c])}" for c in EXTRA_COLUMNS if c in first)
+    return [
+        f"Teacher: a first pass on {_count(first['train_items'])} items ({first['train_seconds'] / 60:.1f} min: "
+        f"{_fmt(first['main'])}{extra}), then teacher_refine on {_count(teacher.get('train_items') or 0)} "
+        f"({(teacher.get('train_seconds') or 0) / 60:.1f} min): the teacher row.",
+        "",
+    ]
+
+
 def _evaluation_sets_lines(info: dict) -> list[str]:
     """QA: the training pool and the evaluation sets, as load_splits recorded them."""
     lines = []
@@ -125,6 +141,13 @@ def _evaluation_sets_lines(info: dict) -> list[str]:
                 else ""
             )
             + f"; negatives: {negatives.get('made', 0) if negatives.get('state') == 'on' else 'off'}.  "
+        )
+    share = info.get("unanswerable_share")
+    if share:
+        lines.append(
+            f"Training subset: {share['questions']} questions drawn {share['share']:g} unanswerable "
+            f"({share['unanswerable_own']} of the pool's own, {share['unanswerable_made']} made negatives, "
+            f"{share['answerable']} answerable).  "
         )
     for name, described in (info.get("evaluation_sets") or {}).items():
         label = "SQuAD 1.1 dev articles not in SQuAD 2.0 dev" if name == "squad_v1_eval" else "Evaluation split"

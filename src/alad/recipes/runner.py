@@ -532,7 +532,13 @@ def _run_pair(ctx: _Context, pair: dict) -> tuple[list[dict], dict]:
     teacher_dir, teacher_result = _teacher_run(
         ctx.config, pair, ctx.teachers_dir, ctx.show_progress, ctx.device, ctx.report_only
     )
-    rows = [_row(TEACHER_ROW, "teacher", teacher_result, ctx.task, teacher_dir / MODEL_DIR, True, labels=None)]
+    first = teacher_result.get("refined_from")  # the teacher's first pass, before teacher_refine
+    first = (
+        {"first_pass": _first_pass(first, ctx.task), "train_items": teacher_result["data"]["train_items"]}
+        if first
+        else {}
+    )
+    rows = [_row(TEACHER_ROW, "teacher", teacher_result, ctx.task, teacher_dir / MODEL_DIR, True, labels=None, **first)]
     clock.lap("teacher")
     alignment = align_stages(ctx, pair, name, pair_dir, student, teacher_dir / MODEL_DIR / "encoder")
     teacher_emb = _cosine_reference(ctx.config, ctx.splits, teacher_dir / MODEL_DIR / "encoder", ctx.show_progress)
@@ -547,6 +553,18 @@ def _run_pair(ctx: _Context, pair: dict) -> tuple[list[dict], dict]:
     clock.lap("rows")
     summary = _summarise_pair(name, student, pair["teacher"], rows, alignment, ctx.main_budget)
     return rows, {**summary, "wall_seconds": clock.laps}
+
+
+def _first_pass(result: dict, task: str) -> dict:
+    """The teacher's scores before ``teacher_refine``, with what it trained on, for the report."""
+    v1, numbers = result.get("squad_v1_eval"), headline(result["metrics"], task)
+    return {
+        **numbers,
+        "main": numbers[main_metric(task)],
+        **({"v1.1_f1": v1["f1"]} if v1 else {}),
+        "train_items": (result.get("data") or {}).get("train_items"),
+        "train_seconds": result.get("train_seconds"),
+    }
 
 
 class _Stopwatch:
