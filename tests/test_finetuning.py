@@ -230,6 +230,9 @@ def test_unanswerable_share_and_init_from_validation():
         FinetuneConfig(squad_unanswerable_share=0.5)
     with pytest.raises(ValueError, match="init_from continues a fine-tuned plain encoder in joint mode"):
         FinetuneConfig(init_from="runs/t", adapter="somewhere", mode="frozen")
+    assert FinetuneConfig(init_from="runs/t").student == "runs/t/model/encoder"  # the run's own encoder
+    with pytest.raises(ValueError, match="--init-from trains runs/t/model/encoder further; leave --student out"):
+        FinetuneConfig(init_from="runs/t", student="other-model")
 
 
 def test_init_from_continues_a_finished_run(ner_run, ner_config, tmp_path, monkeypatch):
@@ -249,7 +252,8 @@ def test_init_from_continues_a_finished_run(ner_run, ner_config, tmp_path, monke
     assert seen["mode"] == "joint" and any(n.startswith("encoder.") for n in seen["trainable"])
     # another task's run, or a folder that is not a finished run, is refused before any training
     with pytest.raises(FileNotFoundError, match="--init-from .* is not a finished fine-tuning run"):
-        finetune(tmp_path / "none", dataclasses.replace(config, init_from=str(tmp_path)), show_progress=False)
+        nothing = dataclasses.replace(config, init_from=str(tmp_path), student=str(tmp_path / MODEL_DIR / "encoder"))
+        finetune(tmp_path / "none", nothing, show_progress=False)
     ud = write_pos_data(tmp_path / "ud")
     pos = dataclasses.replace(config, task="pos", data=f"conllu:{ud}", train_split="dev", eval_split="test")
     with pytest.raises(ValueError, match="was fine-tuned for ner with labels"):

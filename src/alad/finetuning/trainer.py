@@ -63,7 +63,7 @@ class FinetuneConfig:
         default=None,
         metadata={
             "help": "continue a finished fine-tuning run of a plain encoder (its folder): its encoder and head "
-            "are trained further on this run's data, in joint mode (student names the same encoder)"
+            "are trained further on this run's data, in joint mode (student: that run's encoder)"
         },
     )
     teacher: str | None = field(
@@ -216,11 +216,16 @@ class FinetuneConfig:
                 "head_init 'teacher' needs --adapter (its output is in the teacher's space) and --teacher "
                 "(whose head is copied)"
             )
-        if self.init_from and (self.adapter or self.mode != "joint" or self.head_init != "random"):
-            raise ValueError(
-                "init_from continues a fine-tuned plain encoder in joint mode: drop --adapter and --head-init, "
-                "use --mode joint"
-            )
+        if self.init_from:
+            if self.adapter or self.mode != "joint" or self.head_init != "random":
+                raise ValueError(
+                    "init_from continues a fine-tuned plain encoder in joint mode: drop --adapter and --head-init, "
+                    "use --mode joint"
+                )
+            encoder = str(Path(self.init_from) / "model" / "encoder")
+            self.student = encoder if self.student == MINILM else self.student  # the default: the run's own
+            if Path(self.student) != Path(encoder):
+                raise ValueError(f"--init-from trains {encoder} further; leave --student out (it is {self.student})")
         validate_finetune_config(self)  # types, finite numbers, ranges, data format against task
         share = self.squad_unanswerable_share
         squad_settings = self.squad_v1_train or self.squad_v1_eval or self.squad_negatives or self.squad_v1
