@@ -314,7 +314,18 @@ ROWS = [
     Row("teacher-lr-head-nan", TEACHER + " --lr-head nan --out {out}", "--lr-head must be a finite number"),
     Row("teacher-epochs-0", TEACHER + " --epochs 0 --out {out}", "--epochs must be >= 1"),
     Row("teacher-model-missing", TEACHER + " --teacher {tmp}/none --out {out}", "model path not found"),
-    Row("teacher-empty", TEACHER + " --teacher '' --out {out}", "--teacher is empty"),
+    Row("teacher-empty", TEACHER + " --teacher '' --out {out}", "--teacher is missing or empty"),
+    Row(
+        "teacher-missing",
+        "finetune-teacher --task ner --data conll2003:{ner} --out {out} --quiet",
+        "--teacher is missing or empty",
+    ),
+    Row("teacher-init-from-none", TEACHER + " --init-from {tmp}/none --out {out}", "leave --student out"),
+    Row(
+        "teacher-init-from-not-a-run",
+        "finetune-teacher --init-from {tmp} --task ner --data conll2003:{ner} --out {out} --quiet",
+        "is not a finished fine-tuning run (no model/ folder)",
+    ),
     Row("teacher-qa-on-conll", TEACHER + " --task qa --out {out}", "--task qa cannot train on conll2003 data"),
     # ------------------------------------------------------------------------------------- evaluate
     Row("evaluate-missing-run", "evaluate {tmp}/none", "is not a fine-tuning run folder"),

@@ -192,9 +192,12 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
     config = build_config(FinetuneConfig, args)
     if args.command == "finetune-teacher":
-        if not args.teacher_model.strip():
-            raise ValueError("--teacher is empty; name the model: a packaged name, a model folder or a hub id")
-        config = dataclasses.replace(config, student=args.teacher_model, adapter=None, teacher=None, mode="joint")
+        model = (args.teacher_model or "").strip()
+        if not model and not config.init_from:
+            raise ValueError(
+                "--teacher is missing or empty; name the model: a packaged name, a model folder or a hub id"
+            )
+        config = dataclasses.replace(config, student=model or config.student, adapter=None, teacher=None, mode="joint")
     result = finetune(args.out, config, show_progress=not args.quiet, device=args.device)
     from alad.training import distributed
 
@@ -404,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_align.set_defaults(func=_cmd_align)
 
     p_teacher = sub.add_parser("finetune-teacher", help="stage 0: fine-tune the teacher on the task")
-    p_teacher.add_argument("--teacher", dest="teacher_model", required=True, help="teacher model name or folder")
+    p_teacher.add_argument(
+        "--teacher", dest="teacher_model", help="teacher model name or folder (with --init-from: that run's encoder)"
+    )
     p_teacher.add_argument("--out", required=True, help="run folder of the fine-tuned teacher")
     p_teacher.add_argument("--config", help="YAML or JSON file of options")
     p_teacher.add_argument("--quiet", action="store_true", help="no progress bars")
