@@ -532,13 +532,10 @@ def _run_pair(ctx: _Context, pair: dict) -> tuple[list[dict], dict]:
     teacher_dir, teacher_result = _teacher_run(
         ctx.config, pair, ctx.teachers_dir, ctx.show_progress, ctx.device, ctx.report_only
     )
-    first = teacher_result.get("refined_from")  # the teacher's first pass, before teacher_refine
-    first = (
-        {"first_pass": _first_pass(first, ctx.task), "train_items": teacher_result["data"]["train_items"]}
-        if first
-        else {}
-    )
-    rows = [_row(TEACHER_ROW, "teacher", teacher_result, ctx.task, teacher_dir / MODEL_DIR, True, labels=None, **first)]
+    refined = _refined_teacher_info(teacher_result, ctx.task)
+    rows = [
+        _row(TEACHER_ROW, "teacher", teacher_result, ctx.task, teacher_dir / MODEL_DIR, True, labels=None, **refined)
+    ]
     clock.lap("teacher")
     alignment = align_stages(ctx, pair, name, pair_dir, student, teacher_dir / MODEL_DIR / "encoder")
     teacher_emb = _cosine_reference(ctx.config, ctx.splits, teacher_dir / MODEL_DIR / "encoder", ctx.show_progress)
@@ -553,6 +550,13 @@ def _run_pair(ctx: _Context, pair: dict) -> tuple[list[dict], dict]:
     clock.lap("rows")
     summary = _summarise_pair(name, student, pair["teacher"], rows, alignment, ctx.main_budget)
     return rows, {**summary, "wall_seconds": clock.laps}
+
+
+def _refined_teacher_info(result: dict, task: str) -> dict:
+    """For a teacher continued by ``teacher_refine``: its first pass and how many items the refinement read."""
+    if not result.get("refined_from"):
+        return {}
+    return {"first_pass": _first_pass(result["refined_from"], task), "train_items": result["data"]["train_items"]}
 
 
 def _first_pass(result: dict, task: str) -> dict:
