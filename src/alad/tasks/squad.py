@@ -72,6 +72,7 @@ logger = logging.getLogger(__name__)
 
 _CONTEXT = 1  # sequence id of the context in a (question, context) pair
 _CHUNK = 1000  # examples tokenized per call: bounds peak memory on the full training set
+NEGATIVE_SUFFIX = "-neg"  # the id of a negative made by make_negatives: the source question's id + this
 MIN_CONTEXT_TOKENS = 8  # a window must hold at least this many context tokens after the longest question
 
 
@@ -704,7 +705,7 @@ def make_negatives(pool: Sequence[QAExample], setting: float, seed: int) -> tupl
             continue
         negatives.append(
             QAExample(
-                id=f"{ex.id}-neg",
+                id=ex.id + NEGATIVE_SUFFIX,
                 title=ex.title,
                 context=rng.choice(others),
                 question=ex.question,
@@ -735,8 +736,8 @@ def balanced_subset(
     n = len(pool) if n is None else min(n, len(pool))
     wanted = round(share * n)
     rng = random.Random(seed + 307)
-    made = [i for i, ex in enumerate(pool) if ex.is_impossible and ex.id.endswith("-neg")]
-    own = [i for i, ex in enumerate(pool) if ex.is_impossible and not ex.id.endswith("-neg")]
+    made = [i for i, ex in enumerate(pool) if ex.is_impossible and ex.id.endswith(NEGATIVE_SUFFIX)]
+    own = [i for i, ex in enumerate(pool) if ex.is_impossible and not ex.id.endswith(NEGATIVE_SUFFIX)]
     answerable = [i for i, ex in enumerate(pool) if not ex.is_impossible]
     if len(own) + len(made) < wanted or len(answerable) < n - wanted:
         raise ValueError(
