@@ -265,11 +265,7 @@ def build_task_model(
             )
         if teacher_model.adapter is not None:
             raise ValueError("the teacher must be a plain fine-tuned encoder, not an adapted student")
-        if teacher_model.config.task != task or tuple(teacher_model.config.labels) != tuple(labels):
-            raise ValueError(
-                f"the teacher was fine-tuned for {teacher_model.config.task} with labels "
-                f"{list(teacher_model.config.labels)[:10]}, not for {task} with {list(labels)[:10]}"
-            )
+        _check_same_task(teacher_model, task, labels, "the teacher")
         head = nn.Linear(teacher_model.head.in_features, teacher_model.head.out_features)
         head.load_state_dict(teacher_model.head.state_dict())
     torch.manual_seed(seed)
@@ -291,10 +287,15 @@ def continued_task_model(directory: str | os.PathLike, task: str, labels: Sequen
     model = AladTaskModel.from_pretrained(directory)
     if model.adapter is not None:
         raise ValueError(f"init_from {directory} holds an adapted student; continue a plain fine-tuned encoder")
-    if model.config.task != task or tuple(model.config.labels) != tuple(labels):
-        raise ValueError(
-            f"init_from {directory} was fine-tuned for {model.config.task} with labels "
-            f"{list(model.config.labels)[:10]}, not for {task} with {list(labels)[:10]}"
-        )
+    _check_same_task(model, task, labels, f"init_from {directory}")
     model.set_mode("joint")
     return model
+
+
+def _check_same_task(model: AladTaskModel, task: str, labels: Sequence[str], who: str) -> None:
+    """Refuse a fine-tuned model whose task or labels differ from this run's."""
+    if model.config.task != task or tuple(model.config.labels) != tuple(labels):
+        raise ValueError(
+            f"{who} was fine-tuned for {model.config.task} with labels {list(model.config.labels)[:10]}, "
+            f"not for {task} with {list(labels)[:10]}"
+        )
