@@ -562,7 +562,7 @@ def sweep_run(bert_dir, sentences, tmp_path_factory):
         sentences,
         labels=[5, 20],
         compare_stage1=True,
-        kd={"kd_weight": 0.5, "kd_temperature": 2.0, "kd_max_texts": 25},
+        kd={"kd_weight": 0.5, "kd_temperature": 2.0, "kd_max_texts": 25, "frozen": {"kd_temperature": 1.0}},
         finetune={"min_steps": 4},
         stage3_compare={"modes": ["frozen"], "variants": {"aux loss": {"align_weight": 1.0}}},
     )
@@ -601,6 +601,13 @@ def test_sweep_rows_per_budget(sweep_run):
             assert row["unlabelled_items"] == 25 - row["labels"], row["name"]
         elif row["kind"] != "teacher":
             assert row["unlabelled_items"] == 0, row["name"]
+    # frozen KD rows take the kd section's frozen override, in folders of their own; joint ones the base
+    kd_folders = sorted((folder / "run").glob("*/labels-*/*-kd-*"))
+    temperatures = {}
+    for kd_folder in kd_folders:
+        saved = json.loads((kd_folder / "finetune_config.json").read_text())["config"]
+        temperatures[(saved["mode"], kd_folder.name.endswith("-frozen-temperature1.0"))] = saved["kd_temperature"]
+    assert len(kd_folders) == 8 and temperatures == {("frozen", True): 1.0, ("joint", False): 2.0}
     # the teacher's soft targets are cached per item: no item is run through the teacher twice
     parts = list((folder / "cache" / "soft_targets").rglob("part-*.safetensors"))
     keys = [bytes(k.tolist()) for part in parts for k in load_file(part)["keys"]]
@@ -639,6 +646,16 @@ def test_label_budgets_are_checked_before_any_work(bert_dir, sentences, tmp_path
     bad_kd = {**config, "kd": {"kd_weight": 0.5, "kd_temperature": 0}}
     with pytest.raises(ValueError, match="kd_temperature must be a positive number"):
         run_recipe(bad_kd, tmp_path / "run", show_progress=False)
+    frozen_bad = {**config, "kd": {"kd_weight": 0.5, "frozen": {"kd_temperature": -1.0}}}
+    with pytest.raises(ValueError, match="kd_temperature must be a positive number"):
+        run_recipe(frozen_bad, tmp_path / "run", show_progress=False)
+    for kd, message in (
+        ({"kd_weight": 0.5, "frozen": {"lr_head": 1.0}}, "kd: frozen must be a mapping of"),
+        ({"kd_weight": 0.5, "joint": 2.0}, "kd: joint must be a mapping of"),
+        ({"kd_weight": 0.5, "kd_temprature": 2.0}, r"kd has unknown options \['kd_temprature'\]"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            run_recipe({**config, "kd": kd}, tmp_path / "run", show_progress=False)
     assert not (tmp_path / "run").exists()
 
 

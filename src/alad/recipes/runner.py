@@ -135,6 +135,32 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(str(text)).name)[:48]
 
 
+KD_FIELDS = ("kd_weight", "kd_temperature", "kd_max_texts")
+KD_MODES = ("frozen", "joint")  # ``kd: {..., frozen: {kd_temperature: 1.0}}``: settings of that mode's KD rows
+
+
+def kd_settings(config: dict, mode: str) -> tuple[dict, dict]:
+    """The KD settings of the recipe's KD rows in ``mode`` (the ``kd`` section with that mode's
+    overrides applied) and the overrides alone (which name the rows' folders)."""
+    kd = {k: v for k, v in (config.get("kd") or {}).items() if k not in KD_MODES}
+    overrides = dict((config.get("kd") or {}).get(mode) or {})
+    return ({**kd, **overrides} if kd else {}), overrides
+
+
+def check_kd_section(kd: dict) -> None:
+    """``kd`` holds KD fields and, per mode, a mapping of KD fields that override them."""
+    unknown = sorted(set(kd) - set(KD_FIELDS) - set(KD_MODES))
+    if unknown:
+        raise ValueError(f"kd has unknown options {unknown}; known: {list(KD_FIELDS)} and per mode {list(KD_MODES)}")
+    for mode in KD_MODES:
+        overrides = kd.get(mode, {})
+        if not isinstance(overrides, dict) or set(overrides) - set(KD_FIELDS):
+            raise ValueError(
+                f"kd: {mode} must be a mapping of {list(KD_FIELDS)} for the {mode} KD rows, e.g. "
+                f"{{kd_temperature: 1.0}}; got {overrides!r}"
+            )
+
+
 def _digest(obj: Any) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
 
@@ -379,6 +405,7 @@ def check_recipe(config: dict[str, Any]) -> None:
     for key in ("stage1", "stage2", "kd", "stage3_compare", "compare_adapters"):
         if not isinstance(config.get(key) or {}, dict):
             raise ValueError(f"{key} must be a mapping of alignment options, got {config.get(key)!r}")
+    check_kd_section(config.get("kd") or {})
     names = {f.name for f in dataclasses.fields(AlignConfig)}
     for adapter, options in (config.get("compare_adapters") or {}).items():
         check_path_name(str(adapter), "compare_adapters name")
@@ -474,9 +501,10 @@ def run_recipe(
 def _context(config: dict, out: Path, show_progress: bool, device: str, labels) -> _Context:
     """Check every setting that needs no model (budgets, KD, text files) before any work."""
     template = _finetune_config(config)  # invalid stage-3 settings fail here
-    kd = dict(config.get("kd") or {})
-    if kd:
-        _finetune_config(config, adapter=None, mode="joint", teacher="teacher", **kd)
+    for mode in KD_MODES:
+        kd, _ = kd_settings(config, mode)
+        if kd:
+            _finetune_config(config, adapter=None, mode=mode, teacher="teacher", **kd)
     splits = load_splits(template)
     pool = len(splits.pool)
     wanted = parse_label_budgets(labels) or parse_label_budgets(config.get("labels")) or [len(splits.train)]
@@ -701,7 +729,7 @@ def stage3_rows(
     ctx: _Context, runner: _RowRunner, budget: int, window: int, adapter_dir: Path, random_dir: Path
 ) -> list[dict]:
     """The rows of one label budget: the student alone, the random-init adapter, AlAd, and KD for both."""
-    kd = dict(ctx.config.get("kd") or {})
+    kd = {mode: kd_settings(ctx.config, mode) for mode in KD_MODES}
     wanted = set(ctx.config.get("sweep_rows") or SWEEP_ROWS) if budget != ctx.main_budget else None
     plans = [
         ("student-frozen", "student alone, frozen + head", "student", None, "frozen", {}),
@@ -713,21 +741,23 @@ def stage3_rows(
     modes = [mode for mode in ("frozen", "joint") if mode in ctx.config["modes"]]
     plans += [(f"random-{m}", f"random-init adapter w{window}, {m}", "random", random_dir, m, {}) for m in modes]
     plans += [  # distillation last: it reads the most items
-        ("student-kd-frozen", "student + KD, frozen + head", "student-kd", None, "frozen", kd),
-        ("student-kd-joint", "student + KD, full fine-tuning", "student-kd", None, "joint", kd),
+        ("student-kd-frozen", "student + KD, frozen + head", "student-kd", None, "frozen", kd["frozen"][0]),
+        ("student-kd-joint", "student + KD, full fine-tuning", "student-kd", None, "joint", kd["joint"][0]),
     ]
-    plans += [(f"alad-kd-{m}", f"AlAd w{window} + KD, {m}", "alad-kd", adapter_dir, m, kd) for m in modes]
+    plans += [(f"alad-kd-{m}", f"AlAd w{window} + KD, {m}", "alad-kd", adapter_dir, m, kd[m][0]) for m in modes]
     from alad.compression import is_quantized_folder
 
     int8 = is_quantized_folder(runner.student)  # int8 weights cannot train: no joint rows
     rows = []
     for key, label, kind, adapter, mode, settings in plans:
-        if (wanted is not None and key not in wanted) or (kind.endswith("-kd") and not kd):
+        if (wanted is not None and key not in wanted) or (kind.endswith("-kd") and not settings):
             continue
         if int8 and mode == "joint":
             continue
         window_extra = {"window": window} if adapter else {}
         folder = key.replace("alad", f"alad-w{window}").replace("random", f"random-w{window}")
+        if kind.endswith("-kd") and kd[mode][1]:  # a mode's own KD settings: its own folder, not an older row's
+            folder += "-" + "-".join(f"{k.removeprefix('kd_')}{v}" for k, v in sorted(kd[mode][1].items()))
         rows.append(runner.run(folder, label, kind, budget, adapter, mode, settings=settings, **window_extra))
     return [row for row in rows if row is not None]
 
