@@ -145,7 +145,10 @@ class FinetuneConfig:
             "KD also reads unlabelled training items (their labels are never read); 0: off"
         },
     )
-    kd_temperature: float = field(default=2.0, metadata={"help": "softmax temperature of distillation (> 0)"})
+    kd_temperature: float = field(
+        default=2.0,
+        metadata={"help": "softmax temperature of distillation (> 0); 1 suits frozen mode, where only the head trains"},
+    )
     kd_max_texts: int | None = field(
         default=None,
         metadata={
