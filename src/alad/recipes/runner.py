@@ -135,16 +135,21 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(str(text)).name)[:48]
 
 
-KD_FIELDS = ("kd_weight", "kd_temperature", "kd_max_texts")
+KD_FIELDS = sorted(name for name in _FINETUNE_FIELDS if name.startswith("kd_"))
 KD_MODES = ("frozen", "joint")  # ``kd: {..., frozen: {kd_temperature: 1.0}}``: settings of that mode's KD rows
 
 
-def kd_settings(config: dict, mode: str) -> tuple[dict, dict]:
-    """The KD settings of the recipe's KD rows in ``mode`` (the ``kd`` section with that mode's
-    overrides applied) and the overrides alone (which name the rows' folders)."""
+def kd_settings(config: dict, mode: str) -> dict:
+    """The KD settings of the recipe's KD rows in ``mode``: the ``kd`` section with that mode's
+    overrides applied ({}: no KD rows)."""
     kd = {k: v for k, v in (config.get("kd") or {}).items() if k not in KD_MODES}
-    overrides = dict((config.get("kd") or {}).get(mode) or {})
-    return ({**kd, **overrides} if kd else {}), overrides
+    return {**kd, **((config.get("kd") or {}).get(mode) or {})} if kd else {}
+
+
+def _kd_folder_suffix(config: dict, mode: str) -> str:
+    """A mode's own KD settings name its KD rows' folders, so an older row is never resumed with them."""
+    overrides = (config.get("kd") or {}).get(mode) or {}
+    return "".join(f"-{k.removeprefix('kd_')}{v}" for k, v in sorted(overrides.items()))
 
 
 def check_kd_section(kd: dict) -> None:
@@ -502,7 +507,7 @@ def _context(config: dict, out: Path, show_progress: bool, device: str, labels) 
     """Check every setting that needs no model (budgets, KD, text files) before any work."""
     template = _finetune_config(config)  # invalid stage-3 settings fail here
     for mode in KD_MODES:
-        kd, _ = kd_settings(config, mode)
+        kd = kd_settings(config, mode)
         if kd:
             _finetune_config(config, adapter=None, mode=mode, teacher="teacher", **kd)
     splits = load_splits(template)
@@ -741,10 +746,10 @@ def stage3_rows(
     modes = [mode for mode in ("frozen", "joint") if mode in ctx.config["modes"]]
     plans += [(f"random-{m}", f"random-init adapter w{window}, {m}", "random", random_dir, m, {}) for m in modes]
     plans += [  # distillation last: it reads the most items
-        ("student-kd-frozen", "student + KD, frozen + head", "student-kd", None, "frozen", kd["frozen"][0]),
-        ("student-kd-joint", "student + KD, full fine-tuning", "student-kd", None, "joint", kd["joint"][0]),
+        ("student-kd-frozen", "student + KD, frozen + head", "student-kd", None, "frozen", kd["frozen"]),
+        ("student-kd-joint", "student + KD, full fine-tuning", "student-kd", None, "joint", kd["joint"]),
     ]
-    plans += [(f"alad-kd-{m}", f"AlAd w{window} + KD, {m}", "alad-kd", adapter_dir, m, kd[m][0]) for m in modes]
+    plans += [(f"alad-kd-{m}", f"AlAd w{window} + KD, {m}", "alad-kd", adapter_dir, m, kd[m]) for m in modes]
     from alad.compression import is_quantized_folder
 
     int8 = is_quantized_folder(runner.student)  # int8 weights cannot train: no joint rows
@@ -756,8 +761,8 @@ def stage3_rows(
             continue
         window_extra = {"window": window} if adapter else {}
         folder = key.replace("alad", f"alad-w{window}").replace("random", f"random-w{window}")
-        if kind.endswith("-kd") and kd[mode][1]:  # a mode's own KD settings: its own folder, not an older row's
-            folder += "-" + "-".join(f"{k.removeprefix('kd_')}{v}" for k, v in sorted(kd[mode][1].items()))
+        if kind.endswith("-kd"):
+            folder += _kd_folder_suffix(ctx.config, mode)
         rows.append(runner.run(folder, label, kind, budget, adapter, mode, settings=settings, **window_extra))
     return [row for row in rows if row is not None]
 
