@@ -157,6 +157,30 @@ def test_kd_reads_unlabelled_text_but_never_its_labels(bert_dir, ner_dir, teache
     plain = finetune(tmp_path / "plain", dataclasses.replace(config, kd_weight=0.0), splits=splits, show_progress=False)
     assert plain["training"]["unlabelled_items"] == 0
     assert result["training"]["steps"] > plain["training"]["steps"]  # more items per epoch
+    # kd_steps labelled: whole passes over all 25 items (4 batches of 8), as few as give the plain row's
+    # steps (10 labelled items: 2 batches x 1 epoch), so 1 pass, and the row still reads every item
+    matched = finetune(
+        tmp_path / "kd-matched", dataclasses.replace(config, kd_steps="labelled"), splits=splits, show_progress=False
+    )
+    assert matched["training"]["unlabelled_items"] == 15 and matched["training"]["epochs"] == 1
+    assert plain["training"]["steps"] <= matched["training"]["steps"] < plain["training"]["steps"] + 4
+
+
+def test_kd_steps_labelled_matches_the_plain_rows_steps_in_whole_passes():
+    lengths = [5] * 2000 + [7] * 1000  # 2,000 labelled items, then 1,000 read for distillation only
+    config = FinetuneConfig(epochs=3, batch_size=16, min_steps=150)
+    assert finetune_module.training_epochs(lengths, config, 2000) == 3  # kd_steps epochs: epochs over all
+    matched = dataclasses.replace(config, kd_steps="labelled")
+    # plain: 125 batches x 3 epochs = 375 steps; all 3,000 items: 188 batches a pass, so 2 passes (376 steps)
+    assert finetune_module.training_epochs(lengths, matched, 2000) == 2
+    # 100 labelled: min_steps raises the plain row to 150 steps (7 batches x 22 epochs = 154): 1 pass of 188
+    assert finetune_module.training_epochs(lengths[:100] + [7] * 2900, matched, 100) == 1
+    # 100 labelled + 1,000: 69 batches a pass, so 3 passes (207 steps) give the plain row's 154
+    assert finetune_module.training_epochs(lengths[:100] + lengths[2000:], matched, 100) == 3
+    assert finetune_module.training_epochs(lengths[:2000], matched, 2000) == 3  # nothing unlabelled: as plain
+    assert finetune_module.training_epochs(lengths, matched, None) == 3
+    with pytest.raises(ValueError, match="kd_steps must be one of"):
+        FinetuneConfig(kd_steps="all")
 
 
 def test_auxiliary_alignment_loss_adds_teacher_states(bert_dir, ner_dir, teacher_run, tmp_path, monkeypatch):

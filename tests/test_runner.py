@@ -562,7 +562,13 @@ def sweep_run(bert_dir, sentences, tmp_path_factory):
         sentences,
         labels=[5, 20],
         compare_stage1=True,
-        kd={"kd_weight": 0.5, "kd_temperature": 2.0, "kd_max_texts": 25, "frozen": {"kd_temperature": 1.0}},
+        kd={
+            "kd_weight": 0.5,
+            "kd_temperature": 2.0,
+            "kd_max_texts": 25,
+            "frozen": {"kd_temperature": 1.0},
+            "joint": {"kd_steps": "labelled"},
+        },
         finetune={"min_steps": 4},
         stage3_compare={"modes": ["frozen"], "variants": {"aux loss": {"align_weight": 1.0}}},
     )
@@ -601,13 +607,17 @@ def test_sweep_rows_per_budget(sweep_run):
             assert row["unlabelled_items"] == 25 - row["labels"], row["name"]
         elif row["kind"] != "teacher":
             assert row["unlabelled_items"] == 0, row["name"]
-    # frozen KD rows take the kd section's frozen override, in folders of their own; joint ones the base
+    # KD rows take their mode's overrides of the kd section, in folders of their own
     kd_folders = sorted((folder / "run").glob("*/labels-*/*-kd-*"))
-    temperatures = {}
+    settings = {}
     for kd_folder in kd_folders:
         saved = json.loads((kd_folder / "finetune_config.json").read_text())["config"]
-        temperatures[(saved["mode"], kd_folder.name.endswith("-frozen-temperature1.0"))] = saved["kd_temperature"]
-    assert len(kd_folders) == 8 and temperatures == {("frozen", True): 1.0, ("joint", False): 2.0}
+        settings[kd_folder.name.partition("-kd-")[2]] = (saved["mode"], saved["kd_temperature"], saved["kd_steps"])
+    assert len(kd_folders) == 8
+    assert settings == {
+        "frozen-temperature1.0": ("frozen", 1.0, "epochs"),
+        "joint-stepslabelled": ("joint", 2.0, "labelled"),
+    }
     # the teacher's soft targets are cached per item: no item is run through the teacher twice
     parts = list((folder / "cache" / "soft_targets").rglob("part-*.safetensors"))
     keys = [bytes(k.tolist()) for part in parts for k in load_file(part)["keys"]]

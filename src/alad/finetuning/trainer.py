@@ -50,6 +50,7 @@ MODEL_DIR = "model"
 
 
 HEAD_INITS = ("random", "teacher")
+KD_STEPS = ("epochs", "labelled")  # kd_steps: how long a KD row trains
 
 
 @dataclass
@@ -156,6 +157,14 @@ class FinetuneConfig:
             "ones in a fixed seeded order (None: the whole split)"
         },
     )
+    kd_steps: str = field(
+        default="epochs",
+        metadata={
+            "help": "epochs: `epochs` passes over every item distillation reads; labelled: as few whole passes over "
+            "them as give at least the optimiser steps of training on the labelled items alone (epochs, min_steps), "
+            "so a KD row costs about the steps of the same row without KD"
+        },
+    )
     align_weight: float = field(
         default=0.0,
         metadata={
@@ -208,6 +217,8 @@ class FinetuneConfig:
                 raise ValueError(f"knowledge distillation is not implemented for task {self.task}; set kd_weight 0")
             if self.mode not in ("frozen", "joint"):
                 raise ValueError(f"knowledge distillation trains in frozen or joint mode, not {self.mode!r}")
+        if self.kd_steps not in KD_STEPS:
+            raise ValueError(f"kd_steps must be one of {KD_STEPS}, got {self.kd_steps!r}")
         if self.kd_max_texts is not None and self.kd_max_texts < 1:
             raise ValueError(f"kd_max_texts must be >= 1 or None, got {self.kd_max_texts}")
         if not (math.isfinite(self.align_weight) and self.align_weight >= 0):
@@ -390,8 +401,12 @@ def train_task_model(
     checkpoint_path: Path | None = None,
     show_progress: bool = True,
     stop_after_steps: int | None = None,
+    labelled_features: int | None = None,
 ) -> dict[str, Any]:
     """Train the parameters the model's mode leaves trainable; resumable through ``checkpoint_path``.
+
+    ``labelled_features``: the first that many features are labelled, the rest read for distillation
+    only (``kd_steps`` labelled sizes the run on the former).
 
     Under several processes (:mod:`alad.training.distributed`) every process takes rows ``rank::world`` of each
     global batch; its mean loss is weighted by its share of the rows and the gradients are summed, so
@@ -402,7 +417,7 @@ def train_task_model(
         return {"steps": 0, "final_loss": None}
     task = get_task(model.config.task)
     lengths = [len(f.input_ids) for f in features]
-    epochs = epochs_for(len(length_bucketed_batches(lengths, config.batch_size, config.seed)), config)
+    epochs = training_epochs(lengths, config, labelled_features)
     loop = ResumableLoop(
         epochs,
         lambda epoch: length_bucketed_batches(lengths, config.batch_size, config.seed + epoch),
@@ -504,6 +519,17 @@ def epochs_for(steps_per_epoch: int, config: FinetuneConfig) -> int:
     if config.min_steps and steps_per_epoch:
         return max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
     return config.epochs
+
+
+def training_epochs(lengths: Sequence[int], config: FinetuneConfig, labelled_features: int | None = None) -> int:
+    """Passes over the features of ``lengths``: :func:`epochs_for` them, or, under ``kd_steps`` labelled
+    with unlabelled features after the first ``labelled_features``, as few whole passes as give at least
+    the optimiser steps the labelled features alone would take."""
+    per_epoch = len(length_bucketed_batches(lengths, config.batch_size, config.seed))
+    if config.kd_steps != "labelled" or labelled_features is None or labelled_features >= len(lengths):
+        return epochs_for(per_epoch, config)
+    plain = len(length_bucketed_batches(lengths[:labelled_features], config.batch_size, config.seed))
+    return max(1, math.ceil(epochs_for(plain, config) * plain / per_epoch))
 
 
 def predict_answers(
@@ -612,7 +638,15 @@ def finetune(
                 f"{len(features)} training features cannot be shared by {ctx.world_size} processes: each needs at "
                 f"least one; use at most {max(1, len(features))} processes, or more training data"
             )
-        training = train_task_model(model, features, config, out / "checkpoint.pt", show_progress, stop_after_steps)
+        training = train_task_model(
+            model,
+            features,
+            config,
+            out / "checkpoint.pt",
+            show_progress,
+            stop_after_steps,
+            labelled_features=counts["labelled_features"],
+        )
         if "interrupted_at_step" in training:
             distributed.barrier()  # the checkpoint is written when every process returns
             return training
@@ -657,7 +691,7 @@ def training_features(
     from alad.finetuning.teacher_signals import attach_alignment_targets
 
     features = task.features(model, splits.train, config)
-    counts = {"labelled_items": len(splits.train), "unlabelled_items": 0}
+    counts = {"labelled_items": len(splits.train), "labelled_features": len(features), "unlabelled_items": 0}
     if config.align_weight > 0:
         encoder_dir = Path(config.teacher) / MODEL_DIR / "encoder"
         counts["align_target_features"] = attach_alignment_targets(
