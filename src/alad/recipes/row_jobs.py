@@ -11,6 +11,9 @@ so the results are assembled the same way.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
+import os
+import threading
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +46,22 @@ def _start_worker(splits: TaskSplits, threads: int) -> None:
     global _SPLITS
     _SPLITS = splits
     torch.set_num_threads(threads)
+    exit_with_parent()
+
+
+def exit_with_parent() -> None:
+    """End this worker process when the process that started it dies (``alad run`` killed, say):
+    otherwise it waits for work forever holding its memory, or trains a row on that nobody reads. A
+    row it was training keeps its last checkpoint and resumes on the next run."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="alad-exit-with-parent", daemon=True).start()
 
 
 def _train(job: RowJob, device: str) -> str:
