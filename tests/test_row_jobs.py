@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/status").exists(), reason="reads process states from /proc (Linux)"
+)
+
 PARENT = """
 import multiprocessing, os, signal, sys, time
 from concurrent.futures import ProcessPoolExecutor
@@ -49,7 +53,6 @@ def _orphaned_worker(tmp_path: Path, mode: str) -> int:
     return int(marker.read_text())
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads process states from /proc (Linux)")
 def test_a_worker_ends_when_its_parent_is_killed(tmp_path):
     worker = _orphaned_worker(tmp_path, "watch")
     deadline = time.monotonic() + 20
@@ -58,7 +61,6 @@ def test_a_worker_ends_when_its_parent_is_killed(tmp_path):
     assert not _alive(worker)
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads process states from /proc (Linux)")
 def test_without_the_watch_a_worker_outlives_its_parent(tmp_path):
     worker = _orphaned_worker(tmp_path, "none")  # what alad run left behind before exit_with_parent
     try:

@@ -139,17 +139,21 @@ KD_FIELDS = sorted(name for name in _FINETUNE_FIELDS if name.startswith("kd_"))
 KD_MODES = ("frozen", "joint")  # ``kd: {..., frozen: {kd_temperature: 1.0}}``: settings of that mode's KD rows
 
 
+def _kd_overrides(config: dict, mode: str) -> dict:
+    """The ``kd`` section's own settings for ``mode``'s KD rows (``kd: {frozen: {...}}``)."""
+    return (config.get("kd") or {}).get(mode) or {}
+
+
 def kd_settings(config: dict, mode: str) -> dict:
     """The KD settings of the recipe's KD rows in ``mode``: the ``kd`` section with that mode's
     overrides applied ({}: no KD rows)."""
     kd = {k: v for k, v in (config.get("kd") or {}).items() if k not in KD_MODES}
-    return {**kd, **((config.get("kd") or {}).get(mode) or {})} if kd else {}
+    return {**kd, **_kd_overrides(config, mode)} if kd else {}
 
 
 def _kd_folder_suffix(config: dict, mode: str) -> str:
     """A mode's own KD settings name its KD rows' folders, so an older row is never resumed with them."""
-    overrides = (config.get("kd") or {}).get(mode) or {}
-    return "".join(f"-{k.removeprefix('kd_')}{v}" for k, v in sorted(overrides.items()))
+    return "".join(f"-{k.removeprefix('kd_')}{v}" for k, v in sorted(_kd_overrides(config, mode).items()))
 
 
 def check_kd_section(kd: dict) -> None:
