@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from tiny_tasks import write_recipe
 
 from alad.evaluation.interleaved import interleaved_latency, real_length_batches
 
@@ -222,3 +224,30 @@ def test_adapter_sizes_times_each_model_once_with_a_noise_floor(monkeypatch):
     )
     summary["noise_floor_pct"] = out["noise_floor_pct"]
     assert "Noise floor: a second copy of the student, timed as a row, measured" in bench.format_table(summary)
+
+
+def test_adapter_latency_benchmark_times_each_type_against_the_student(bert_dir, sentences, tmp_path):
+    bench = _benchmark("adapter_latency")
+    recipe = write_recipe(tmp_path, bert_dir, sentences)
+    out = tmp_path / "out"
+    argv = ["--config", str(recipe), "--pair", "tiny", "--adapter", "mlp:hidden_size=8"]
+    argv += ["--adapter", "attention:hidden_size=8,attention_dim=4,attention_heads=2"]
+    argv += ["--rounds", "2", "--batches", "2", "--threads", "1", "--models-dir", str(tmp_path / "models")]
+    assert bench.main([*argv, "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "adapter_latency.json").read_text())
+    names = [row["row"] for row in summary["rows"]]
+    assert names == [
+        bench.STUDENT,
+        bench.STUDENT_COPY,
+        "mlp:hidden_size=8",
+        "attention:hidden_size=8,attention_dim=4,attention_heads=2",
+    ]
+    params = [row["params"] for row in summary["rows"]]
+    assert params[0] == params[1] < params[2] < params[3]  # the attention block adds to the same MLP
+    assert summary["rows"][0]["b1"]["overhead_pct"] == 0.0 and summary["teacher_dim"] == 32
+    table = (out / "adapter_latency.md").read_text()
+    assert "| mlp:hidden_size=8 |" in table and "Command: `python " in table
+    with pytest.raises(ValueError, match="key=integer"):
+        bench.parse_adapter("mlp:hidden_size=big")
+    with pytest.raises(ValueError, match="divisible"):
+        bench.parse_adapter("attention:attention_dim=5,attention_heads=2")

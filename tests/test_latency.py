@@ -10,7 +10,14 @@ import time
 import pytest
 import torch
 
-from alad.evaluation.latency import DEFAULT_SEQ_LEN, count_parameters, measure_latency, model_latency, synthetic_inputs
+from alad.evaluation.latency import (
+    DEFAULT_SEQ_LEN,
+    count_parameters,
+    cpu_description,
+    measure_latency,
+    model_latency,
+    synthetic_inputs,
+)
 
 
 def test_measure_latency_sleep_and_repeats():
@@ -117,3 +124,17 @@ def test_compute_signature_ignores_weights_and_names_not_shapes_or_settings():
     current = other_attention.config._attn_implementation
     other_attention.config._attn_implementation = "sdpa" if current == "eager" else "eager"
     assert compute_signature(other_attention) != reference
+
+
+def test_cpu_description_names_the_model_and_its_bf16_instructions(tmp_path):
+    info = tmp_path / "cpuinfo"
+    head = "processor\t: 0\nmodel name\t: Some Xeon\n"
+    info.write_text(
+        head + "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n\nprocessor\t: 1\nmodel name\t: Some Xeon\n"
+    )
+    assert cpu_description(info) == "Some Xeon (AMX, AVX512-BF16)"
+    info.write_text("model name\t: Some EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_description(info) == "Some EPYC (AVX512-BF16)"
+    info.write_text("model name\t: Old CPU\nflags\t\t: fpu avx2\n")
+    assert cpu_description(info) == "Old CPU (no AMX or AVX512-BF16)"
+    assert cpu_description(tmp_path / "missing")  # not Linux: the platform's processor string, never empty

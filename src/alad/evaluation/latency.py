@@ -17,15 +17,40 @@ import inspect
 import itertools
 import json
 import math
+import platform
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 DEFAULT_SEQ_LEN = 32
 """Sequence length (tokens, special tokens included) of ``model_latency``'s synthetic inputs."""
+
+
+CPU_FEATURES = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"))
+"""The /proc/cpuinfo flags that set how fast bf16 runs here (two 2-core x86 CPUs of this project
+differ by 2-4x on the same recipe: results/ner_conll03-quick-amx/NOTE.md), and their names in tables."""
+
+
+def cpu_description(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model name and its bf16 matrix instructions, e.g. ``Intel(R) Xeon(R) Processor (AMX,
+    AVX512-BF16)``; where ``cpuinfo`` cannot be read (not Linux), the platform's processor string."""
+    try:
+        lines = Path(cpuinfo).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return platform.processor() or platform.machine() or "unknown CPU"
+    fields = {}
+    for line in lines:
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    found = [label for flag, label in CPU_FEATURES if flag in flags]
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    return f"{name} ({', '.join(found) if found else 'no ' + ' or '.join(label for _, label in CPU_FEATURES)})"
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:

@@ -361,10 +361,13 @@ def machine_info(device: str = "cpu") -> str:
     """Where the numbers were measured, for the results table."""
     import platform
 
+    from alad.evaluation.latency import cpu_description
+
     trained_on = resolve_device(device)
     gpu = f"; trained on {torch.cuda.get_device_name(trained_on)}" if trained_on.type == "cuda" else ""
     return (
-        f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; "
+        f"{platform.machine()} CPU: {cpu_description()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads; "
         f"Python {platform.python_version()}, torch {torch.__version__}{gpu}"
     )
 
