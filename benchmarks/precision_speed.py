@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from alad.evaluation.latency import cpu_description
 from alad.models.encoders import Encoder, load_encoder
 from alad.training.loop import adamw, optimizer_step
 from alad.training.precision import PRECISIONS, autocast, native_bf16
@@ -184,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     student_dim, teacher_dim = int(student.hidden_size), int(teacher.hidden_size)
     row = {
         "command": "python benchmarks/precision_speed.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch threads, torch "
-        f"{torch.__version__}, native bf16: {native_bf16('cpu')}",
+        "machine": f"{platform.machine()}, {cpu_description()}, {os.cpu_count()} CPUs, {args.threads} torch threads, "
+        f"torch {torch.__version__}, native bf16: {native_bf16('cpu')}",
         "embedding": embed,
         "alignment": alignment_step(student_dim, teacher_dim, args.hidden, args.batch_tokens, args.steps),
         "finetuning": finetuning_step(args.student, args.steps),
