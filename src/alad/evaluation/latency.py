@@ -31,8 +31,9 @@ DEFAULT_SEQ_LEN = 32
 
 
 CPU_FEATURES = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"))
-"""The /proc/cpuinfo flags that set how fast bf16 runs here (two 2-core x86 CPUs of this project
-differ by 2-4x on the same recipe: results/ner_conll03-quick-amx/NOTE.md), and their names in tables."""
+"""The /proc/cpuinfo flags that set how fast bf16 runs here, and their names in tables: two 2-core x86
+machines of this project ran the same NER recipe 1.9x apart, one with AMX and one without
+(results/ner_conll03-quick-amx/NOTE.md), so a timing means little without them."""
 
 
 def cpu_description(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
