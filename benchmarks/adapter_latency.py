@@ -21,22 +21,22 @@ Writes ``adapter_latency.json`` and ``adapter_latency.md`` to ``--out``.
 from __future__ import annotations
 
 import argparse
-import platform
 import shlex
 import statistics
 import sys
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig
 
 from alad.adapters import AdapterConfig, AlignmentAdapter
 from alad.evaluation.interleaved import interleaved_latency, real_length_batches
-from alad.evaluation.latency import count_parameters, cpu_description
+from alad.evaluation.latency import count_parameters
 from alad.finetuning.trainer import load_splits
 from alad.io.serialization import write_json_atomic
-from alad.models.encoders import load_encoder
+from alad.models.encoders import resolve_model
 from alad.models.task_model import build_task_model
-from alad.recipes.runner import _finetune_config, load_run_config, resolve_student
+from alad.recipes.runner import _finetune_config, load_run_config, machine_info, resolve_student
 from alad.tasks import get_task
 
 STUDENT, STUDENT_COPY = "student alone", "student alone (second copy: noise floor)"
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     template = _finetune_config(config)
     task, splits = get_task(config["task"]), load_splits(template)
     student = resolve_student(pair, Path(args.models_dir))
-    teacher_dim = load_encoder(pair["teacher"]).hidden_size
+    teacher_dim = AutoConfig.from_pretrained(resolve_model(pair["teacher"])).hidden_size  # its width, not its weights
     rows = build_rows(config["task"], student, teacher_dim, task.label_set(splits.train, None), adapters, template.seed)
 
     reference = rows[STUDENT]
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "command": "python "
         + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        "machine": f"{platform.machine()}, {cpu_description()}, torch {torch.__version__}",
+        "machine": machine_info(),  # after set_num_threads: it names the threads timed with
         "threads": args.threads,
         "config": args.config,
         "profile": args.profile,
@@ -132,7 +132,7 @@ def format_table(summary: dict) -> str:
         f"pair {summary['pair']['name']}",
         "",
         f"Command: `{summary['command']}`  ",
-        f"Machine: {summary['machine']}; {summary['threads']} torch thread(s)  ",
+        f"Machine: {summary['machine']}  ",
         f"Inputs: {summary['eval_features']} model inputs of {summary['eval_items']} evaluation items"
         + (f" (windows of at most {summary['max_length']} tokens)" if summary["max_length"] else "")
         + f"; batch 1: {b1['calls']} single inputs, mean {b1['mean_tokens']:.1f} tokens, median "
