@@ -10,6 +10,7 @@ import pytest
 from alad.evaluation.metrics import (
     compute_exact,
     compute_f1,
+    cross_fitted_v2_metrics,
     format_per_type_table,
     get_entities,
     get_tokens,
@@ -428,3 +429,33 @@ def test_squad_v1_metrics_refuse_a_v20_file_with_unanswerable_questions(tmp_path
     assert (v2["exact"], v2["HasAns_exact"], v2["NoAns_exact"]) == (100.0, 100.0, 100.0)
     with pytest.raises(ValueError, match=r"1 question\(s\) without a gold answer, e.g. \['b'\].*no 'no answer' option"):
         squad_v1_metrics(gold, {"a": "Normandy", "b": "Normandy"})
+
+
+def test_cross_fitted_threshold_is_chosen_on_the_other_articles() -> None:
+    # Articles A, B, C, D dealt in sorted order into folds 0 (A, C) and 1 (B, D).
+    gold = {"a1": ["x"], "a2": [], "b1": ["x"], "b2": [], "c1": ["x"], "d1": []}
+    pred = {"a1": "x", "a2": "y", "b1": "x", "b2": "y", "c1": "x", "d1": "z"}
+    na = {"a1": -1.0, "a2": 2.0, "b1": 0.5, "b2": 3.0, "c1": 1.0, "d1": -2.0}
+    groups = {q: q[0].upper() for q in gold}
+    m = cross_fitted_v2_metrics(gold, pred, na, groups)
+    # Fold 1's questions (b1, b2, d1) choose fold 0's threshold: start 2 (two NoAns); d1 -1 -> 1; b1 +1 -> 2
+    # (not > 2); b2 -1 -> 1: abstaining on everything is best (None, not the official 0.0), so a1, a2, c1
+    # abstain: 0, 1, 0. Fold 0's questions choose fold 1's: start 1; a1 +1 -> 2 (at -1); c1 +1 -> 3 (at 1);
+    # a2 -1 -> 2: threshold 1, so b1 answers (1), b2 abstains (1), d1 answers "z" (0).
+    assert m["cv_thresholds"] == [None, 1.0] and m["cv_folds"] == 2
+    assert m["cv_f1"] == pytest.approx(50.0, abs=TOL) and m["cv_exact"] == pytest.approx(50.0, abs=TOL)
+    assert m["cv_HasAns_f1"] == pytest.approx(100 / 3, abs=TOL)
+    assert m["cv_NoAns_f1"] == pytest.approx(200 / 3, abs=TOL)
+    # The threshold chosen on all six questions themselves (start 3; d1 -> 2, a1 -> 3, b1 -> 4, c1 -> 5 at 1,
+    # a2 -> 4, b2 -> 3) scores 5 of 6: the optimistic figure this estimate avoids.
+    assert squad_v2_metrics(gold, pred, na)["best_f1"] == pytest.approx(500 / 6, abs=TOL)
+
+
+def test_cross_fitted_threshold_needs_as_many_articles_as_folds_and_every_article() -> None:
+    gold, pred, na = {"q1": ["x"], "q2": []}, {"q1": "x", "q2": "y"}, {"q1": 0.0, "q2": 1.0}
+    assert cross_fitted_v2_metrics(gold, pred, na, {"q1": "A", "q2": "A"}) == {}
+    assert cross_fitted_v2_metrics(gold, pred, na, {"q1": "A", "q2": "B"}, folds=2)["cv_folds"] == 2
+    with pytest.raises(ValueError, match="1 question\\(s\\) without a group"):
+        cross_fitted_v2_metrics(gold, pred, na, {"q1": "A"})
+    with pytest.raises(ValueError, match="folds must be at least 2"):
+        cross_fitted_v2_metrics(gold, pred, na, {"q1": "A", "q2": "B"}, folds=1)

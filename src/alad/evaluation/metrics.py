@@ -23,6 +23,7 @@ from typing import Any
 __all__ = [
     "compute_exact",
     "compute_f1",
+    "cross_fitted_v2_metrics",
     "format_per_type_table",
     "get_entities",
     "get_tokens",
@@ -281,10 +282,22 @@ def _find_best_thresh(
     order), switching each to "answer": a HasAns question gains its raw score, a NoAns question
     loses 1 if the prediction string is non-empty. Only strict improvements move the threshold.
     """
+    score, thresh = _threshold_walk(preds, scores, na_probs, qid_to_has_ans)
+    return score, 0.0 if thresh is None else thresh
+
+
+def _threshold_walk(
+    preds: Mapping[str, str],
+    scores: Mapping[str, float],
+    na_probs: Mapping[str, float],
+    qid_to_has_ans: Mapping[str, bool],
+) -> tuple[float, float | None]:
+    """:func:`_find_best_thresh`'s walk; the threshold is None where abstaining on everything is best
+    (the official script says 0.0 there, which only means "abstain everywhere" for probabilities)."""
     num_no_ans = sum(1 for k in qid_to_has_ans if not qid_to_has_ans[k])
     cur_score: float = num_no_ans
     best_score: float = cur_score
-    best_thresh = 0.0
+    best_thresh: float | None = None
     for qid in sorted(na_probs, key=lambda k: na_probs[k]):
         if qid not in scores:
             continue
@@ -306,6 +319,20 @@ def _eval_subset(exact: Mapping[str, float], f1: Mapping[str, float], qids: Sequ
         "f1": 100.0 * sum(f1[k] for k in qids) / total,
         "total": total,
     }
+
+
+def _raw_scores(
+    gold: Mapping[str, Sequence[str]], pred: Mapping[str, str]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per question, the best EM and F1 of its prediction over its gold answers (official: answers that
+    normalise to "" are dropped, and a question left with none is scored against [""])."""
+    exact_raw: dict[str, float] = {}
+    f1_raw: dict[str, float] = {}
+    for qid, answers in gold.items():
+        gold_answers = [a for a in answers if normalize_answer(a)] or [""]
+        exact_raw[qid] = max(compute_exact(a, pred[qid]) for a in gold_answers)
+        f1_raw[qid] = max(compute_f1(a, pred[qid]) for a in gold_answers)
+    return exact_raw, f1_raw
 
 
 def squad_v2_metrics(
@@ -338,14 +365,7 @@ def squad_v2_metrics(
             raise ValueError(f"{len(missing)} question(s) without an na_prob, e.g. {missing[:5]}")
 
     qid_to_has_ans = {q: bool(answers) for q, answers in gold.items()}
-    exact_raw: dict[str, float] = {}
-    f1_raw: dict[str, float] = {}
-    for qid, answers in gold.items():
-        gold_answers = [a for a in answers if normalize_answer(a)] or [""]
-        a_pred = pred[qid]
-        exact_raw[qid] = max(compute_exact(a, a_pred) for a in gold_answers)
-        f1_raw[qid] = max(compute_f1(a, a_pred) for a in gold_answers)
-
+    exact_raw, f1_raw = _raw_scores(gold, pred)
     probs = na_probs if na_probs is not None else {q: 0.0 for q in pred}
 
     def apply_thresh(scores: Mapping[str, float]) -> dict[str, float]:
@@ -363,6 +383,50 @@ def squad_v2_metrics(
         out["best_exact"], out["best_exact_thresh"] = _find_best_thresh(pred, exact_raw, na_probs, qid_to_has_ans)
         out["best_f1"], out["best_f1_thresh"] = _find_best_thresh(pred, f1_raw, na_probs, qid_to_has_ans)
     return out
+
+
+def cross_fitted_v2_metrics(
+    gold: Mapping[str, Sequence[str]],
+    pred: Mapping[str, str],
+    na_probs: Mapping[str, float],
+    groups: Mapping[str, str],
+    folds: int = 2,
+) -> dict[str, Any]:
+    """SQuAD 2.0 scores at a no-answer threshold chosen without the questions it is applied to.
+
+    ``best_f1`` picks the threshold on the scored questions themselves, an upper bound. Here the
+    groups (SQuAD articles: ``groups`` maps qid -> article) are dealt, in sorted order, into ``folds``
+    folds; each fold's questions abstain where ``na_prob > t``, ``t`` being the best F1 threshold
+    (official walk) on the other folds' questions, and the pooled predictions are scored with
+    :func:`squad_v2_metrics`. Returns ``cv_exact``, ``cv_f1``, ``cv_HasAns_f1``, ``cv_NoAns_f1``, the
+    thresholds per fold (None: abstain on everything) and ``cv_folds``; an empty dict where there are
+    fewer groups than folds (nothing to hold out). ``pred`` holds every question's best span.
+    """
+    if folds < 2:
+        raise ValueError(f"folds must be at least 2, got {folds}")
+    for what, given in (("a prediction", pred), ("an na_prob", na_probs), ("a group (article)", groups)):
+        missing = [q for q in gold if q not in given]
+        if missing:
+            raise ValueError(f"{len(missing)} question(s) without {what}, e.g. {missing[:5]}")
+    names = sorted({groups[q] for q in gold})
+    if len(names) < folds:
+        return {}
+    fold_of = {name: i % folds for i, name in enumerate(names)}
+    has_ans = {q: bool(answers) for q, answers in gold.items()}
+    f1_raw = _raw_scores(gold, pred)[1]
+    final, thresholds = {}, []
+    for k in range(folds):
+        rest = [q for q in gold if fold_of[groups[q]] != k]
+        _, t = _threshold_walk(
+            pred, {q: f1_raw[q] for q in rest}, {q: na_probs[q] for q in rest}, {q: has_ans[q] for q in rest}
+        )
+        thresholds.append(t)
+        for q in gold:
+            if fold_of[groups[q]] == k:
+                final[q] = "" if t is None or na_probs[q] > t else pred[q]
+    scores = squad_v2_metrics(gold, final)
+    keys = ("exact", "f1", "HasAns_f1", "NoAns_f1")
+    return {**{f"cv_{k}": scores[k] for k in keys if k in scores}, "cv_thresholds": thresholds, "cv_folds": folds}
 
 
 def no_answer_baseline(gold: Mapping[str, Sequence[str]]) -> dict[str, Any]:

@@ -12,11 +12,14 @@ import torch
 from torch.nn import functional as F
 
 from alad.data.readers import QAExample, question_context_pairs
-from alad.evaluation.metrics import no_answer_baseline, squad_v1_metrics, squad_v2_metrics
+from alad.evaluation.metrics import cross_fitted_v2_metrics, no_answer_baseline, squad_v1_metrics, squad_v2_metrics
 from alad.tasks.base import IGNORE_INDEX, Task, batched_logits, register_task
 
 SQUAD_V1_EVAL = "squad_v1_eval"  # the extra evaluation set and its key in metrics.json
-V2_SCORING = "official SQuAD 2.0 (EM/F1, HasAns/NoAns, best null threshold), beside always-no-answer"
+V2_SCORING = (
+    "official SQuAD 2.0 (EM/F1, HasAns/NoAns at null threshold 0; best threshold; threshold chosen on the other "
+    "half of the articles, cv_), beside always-no-answer"
+)
 V1_SCORING = "official SQuAD 1.1 (EM/F1 of the best non-null span; no 'no answer' option)"
 _SET_NAMES = {
     "evaluation": "the evaluation split",
@@ -27,7 +30,7 @@ _SET_NAMES = {
 class QATask(Task):
     name = "qa"
     main_metric = "f1"
-    columns = ("f1", "exact", "HasAns_f1", "NoAns_f1", "best_f1")
+    columns = ("f1", "exact", "HasAns_f1", "NoAns_f1", "best_f1", "cv_f1", "cv_HasAns_f1")
     has_labels = False
     supports_distillation = True
 
@@ -115,15 +118,17 @@ class QATask(Task):
         )
 
     def evaluate(self, model, items, config, show_progress: bool = False) -> dict:
-        from alad.tasks.squad import apply_null_threshold
+        from alad.tasks.squad import apply_null_threshold, article_of
 
         predictions, na_scores = self.predict(model, items, config, show_progress)
         gold = {ex.id: [text for text, _ in ex.answers] if not ex.is_impossible else [] for ex in items}
         at_zero = squad_v2_metrics(gold, apply_null_threshold(predictions, na_scores, 0.0))
         best = squad_v2_metrics(gold, predictions, na_probs=na_scores)
+        articles = {ex.id: article_of(ex) for ex in items}
         return {
             **at_zero,
             **{k: v for k, v in best.items() if k.startswith("best")},
+            **cross_fitted_v2_metrics(gold, predictions, na_scores, articles),
             "no_answer_baseline": no_answer_baseline(gold),
         }
 
@@ -134,6 +139,8 @@ class QATask(Task):
             "HasAns_f1": metrics.get("HasAns_f1", float("nan")),
             "NoAns_f1": metrics.get("NoAns_f1", float("nan")),
             "best_f1": metrics.get("best_f1", metrics["f1"]),
+            "cv_f1": metrics.get("cv_f1", float("nan")),
+            "cv_HasAns_f1": metrics.get("cv_HasAns_f1", float("nan")),
         }
 
     def format_details(self, metrics) -> str:
@@ -141,7 +148,9 @@ class QATask(Task):
         return (
             f"HasAns F1 {metrics.get('HasAns_f1', float('nan')):.2f}, NoAns F1 "
             f"{metrics.get('NoAns_f1', float('nan')):.2f}; always-no-answer baseline: EM {base['exact']:.2f}, "
-            f"F1 {base['f1']:.2f}; best threshold F1 {metrics.get('best_f1', float('nan')):.2f}"
+            f"F1 {base['f1']:.2f}; best threshold F1 {metrics.get('best_f1', float('nan')):.2f}; threshold chosen on "
+            f"the other half of the articles: F1 {metrics.get('cv_f1', float('nan')):.2f}, HasAns F1 "
+            f"{metrics.get('cv_HasAns_f1', float('nan')):.2f}"
         )
 
     def check_source(self, source, split, role) -> None:

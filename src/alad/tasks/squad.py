@@ -49,6 +49,7 @@ from alad.tasks.base import pad_teacher_signals
 __all__ = [
     "QAFeature",
     "apply_null_threshold",
+    "article_of",
     "attach_soft_span_targets",
     "balanced_subset",
     "check_disjoint_by_article",
@@ -605,7 +606,7 @@ def subsample_examples(examples: Sequence[QAExample], n: int, seed: int) -> list
 # the training pool and the evaluation sets
 
 
-def _article(ex: QAExample) -> str:
+def article_of(ex: QAExample) -> str:
     """An example's article: its title, or its context where the file gives no title."""
     return ex.title or ex.context
 
@@ -614,7 +615,7 @@ def pool_summary(examples: Sequence[QAExample]) -> dict[str, int]:
     """Articles, paragraphs, questions, answerable and unanswerable questions of a set."""
     unanswerable = sum(ex.is_impossible for ex in examples)
     return {
-        "articles": len({_article(ex) for ex in examples}),
+        "articles": len({article_of(ex) for ex in examples}),
         "paragraphs": len({(ex.title, ex.context) for ex in examples}),
         "questions": len(examples),
         "answerable": len(examples) - unanswerable,
@@ -643,8 +644,8 @@ def merge_squad_train(
         )
     info = {
         "file_questions": len(extra),
-        "file_articles": len({_article(ex) for ex in extra}),
-        "duplicate_articles": len({_article(ex) for ex in dropped}),
+        "file_articles": len({article_of(ex) for ex in extra}),
+        "duplicate_articles": len({article_of(ex) for ex in dropped}),
         "duplicate_paragraphs": len({(ex.title, ex.context) for ex in dropped}),
         "duplicate_questions_dropped": len(dropped),
         "added": pool_summary(kept),
@@ -670,7 +671,7 @@ def make_negatives(pool: Sequence[QAExample], setting: float, seed: int) -> tupl
     contexts: dict[str, list[str]] = {}
     candidates: dict[str, list[int]] = {}
     for i, ex in enumerate(pool):
-        article = _article(ex)
+        article = article_of(ex)
         paragraphs = contexts.setdefault(article, [])
         if ex.context not in paragraphs:
             paragraphs.append(ex.context)
@@ -693,7 +694,7 @@ def make_negatives(pool: Sequence[QAExample], setting: float, seed: int) -> tupl
         ex = pool[i]
         answers = [f" {a} " for a in (normalize_answer(text) for text, _ in ex.answers) if a]
         others = []
-        for c in contexts[_article(ex)]:
+        for c in contexts[article_of(ex)]:
             if c == ex.context:
                 continue
             if c not in normalized:
@@ -721,7 +722,7 @@ def make_negatives(pool: Sequence[QAExample], setting: float, seed: int) -> tupl
         "drawn": len(chosen),
         "made": len(negatives),
         "skipped_every_paragraph_holds_the_answer": skipped,
-        "articles": len({_article(ex) for ex in negatives}),
+        "articles": len({article_of(ex) for ex in negatives}),
     }
     return negatives, info
 
@@ -785,10 +786,10 @@ def squad_v1_eval_set(
     """
     titles = {ex.title for ex in v2_dev if ex.title}
     paragraphs = {ex.context for ex in v2_dev}
-    overlap = {_article(ex) for ex in v1_dev if (ex.title and ex.title in titles) or ex.context in paragraphs}
-    kept = [ex for ex in v1_dev if _article(ex) not in overlap]
+    overlap = {article_of(ex) for ex in v1_dev if (ex.title and ex.title in titles) or ex.context in paragraphs}
+    kept = [ex for ex in v1_dev if article_of(ex) not in overlap]
     info = {
-        "dev_articles": len({_article(ex) for ex in v1_dev}),
+        "dev_articles": len({article_of(ex) for ex in v1_dev}),
         "left_out_in_squad_v2_dev": len(overlap),
         **pool_summary(kept),
         "titles": list(dict.fromkeys(ex.title for ex in kept)),
