@@ -228,6 +228,10 @@ def test_unanswerable_share_and_init_from_validation():
         FinetuneConfig(task="qa", data="squad", squad_unanswerable_share=1.0)
     with pytest.raises(ValueError, match="--squad-unanswerable-share and --squad-v1 are for --task qa"):
         FinetuneConfig(squad_unanswerable_share=0.5)
+    with pytest.raises(ValueError, match="--squad-negative-kind, .* are for --task qa"):
+        FinetuneConfig(squad_negative_kind="answer_removed")
+    with pytest.raises(ValueError, match="--squad-negative-kind must be one of other_paragraph, answer_removed"):
+        FinetuneConfig(task="qa", data="squad", squad_negative_kind="swapped")
     with pytest.raises(ValueError, match="init_from continues a fine-tuned plain encoder in joint mode"):
         FinetuneConfig(init_from="runs/t", adapter="somewhere", mode="frozen")
     assert FinetuneConfig(init_from="runs/t").student == "runs/t/model/encoder"  # the run's own encoder

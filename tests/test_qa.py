@@ -27,7 +27,6 @@ from alad.tasks.squad import (
     decode_qa,
     gold_answers,
     labelled_answer_text,
-    make_negatives,
     merge_squad_train,
     pool_summary,
     prepare_qa_features,
@@ -35,6 +34,8 @@ from alad.tasks.squad import (
     squad_v1_eval_set,
     subsample_examples,
 )
+from alad.tasks.squad_negatives import NEGATIVE_KINDS, make_negatives
+from alad.validation import CHOICES
 
 CONTEXT = (
     "The quick brown fox jumps over the lazy dog. A cat sat on the mat in the morning. "
@@ -438,6 +439,37 @@ def test_negatives_skip_a_question_whose_answer_is_everywhere():
     ]
     negatives, info = make_negatives(pool, 1, seed=0)
     assert negatives == [] and info["skipped_every_paragraph_holds_the_answer"] == 1 and info["made"] == 0
+
+
+def test_answer_removed_negatives_drop_the_answer_sentence_and_keep_the_rest():
+    context = "The Nile is long. It flows north to the sea. Cairo lies on it. Egypt is dry."
+    pool = [
+        QAExample("a", "Nile", context, "Where does it flow?", [("north", context.index("north"))], False),
+        QAExample("b", "Nile", context, "What is dry?", [("Egypt", context.index("Egypt"))], False),
+        # the answer occurs again in another sentence: removing its own leaves the question answerable
+        QAExample("c", "Nile", "Egypt is far. Egypt is dry.", "Which?", [("Egypt", 0)], False),
+        # every sentence holds the answer: nothing is left
+        QAExample("d", "Solo", "Rome.", "Which city?", [("Rome", 0)], False),
+        QAExample("e", "Nile", context, "Who?", [], True),
+    ]
+    negatives, info = make_negatives(pool, 10, seed=0, kind="answer_removed")
+    assert [(n.id, n.context) for n in negatives] == [
+        ("a-neg", "The Nile is long. Cairo lies on it. Egypt is dry."),
+        ("b-neg", "The Nile is long. It flows north to the sea. Cairo lies on it."),
+    ]
+    assert all(
+        n.is_impossible and n.answers == [] and n.question == pool["ab".index(n.id[0])].question for n in negatives
+    )
+    assert info["kind"] == "answer_removed" and "sentence that holds a gold answer removed" in info["rule"]
+    assert (info["drawn"], info["made"], info["skipped_the_answer_remains_or_nothing_does"]) == (4, 2, 2)
+    # other_paragraph draws only from articles with another paragraph: not the one-paragraph "Solo"
+    assert make_negatives(pool, 10, seed=0)[1]["drawn"] == 3
+    with pytest.raises(ValueError, match="unknown squad_negative_kind 'swapped'; choose one of other_paragraph"):
+        make_negatives(pool, 1, seed=0, kind="swapped")
+
+
+def test_every_negative_kind_is_a_choice_of_the_config():
+    assert CHOICES["squad_negative_kind"] == tuple(NEGATIVE_KINDS)
 
 
 def test_squad_v1_eval_set_leaves_out_squad_v2_dev_articles():

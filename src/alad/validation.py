@@ -98,6 +98,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "tag": ("upos", "xpos"),
     "schedule": ("linear", "plateau"),
     "precision": ("fp32", "bf16"),
+    "squad_negative_kind": ("other_paragraph", "answer_removed"),
 }
 _MODEL_FIELDS = ("student", "teacher")
 _MODEL_HINT = "a packaged name (all-MiniLM-L6-v2, all-mpnet-base-v2), a model folder or a hub id"

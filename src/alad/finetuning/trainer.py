@@ -97,9 +97,16 @@ class FinetuneConfig:
     squad_negatives: float = field(
         default=0.0,
         metadata={
-            "help": "qa: unanswerable questions made by pairing a pool question with another paragraph of its own "
-            "article that does not hold its answer: a share of the pool's answerable questions (0 < x < 1) or a "
-            "whole number per article (x >= 1); 0: off"
+            "help": "qa: unanswerable questions made from the pool's answerable ones (squad_negative_kind): a share "
+            "of the pool's answerable questions (0 < x < 1) or a whole number per article (x >= 1); 0: off"
+        },
+    )
+    squad_negative_kind: str = field(
+        default="other_paragraph",
+        metadata={
+            "help": "qa: how squad_negatives are made: other_paragraph (the question paired with another paragraph "
+            "of its own article that does not hold its answer) or answer_removed (its own paragraph without the "
+            "sentences that hold an answer)"
         },
     )
     squad_unanswerable_share: float | None = field(
@@ -244,10 +251,11 @@ class FinetuneConfig:
         validate_finetune_config(self)  # types, finite numbers, ranges, data format against task
         share = self.squad_unanswerable_share
         squad_settings = self.squad_v1_train or self.squad_v1_eval or self.squad_negatives or self.squad_v1
+        squad_settings = squad_settings or self.squad_negative_kind != "other_paragraph"
         if (squad_settings or share is not None) and self.task != "qa":
             raise ValueError(
-                "--squad-v1-train, --squad-v1-eval, --squad-negatives, --squad-unanswerable-share and --squad-v1 "
-                "are for --task qa"
+                "--squad-v1-train, --squad-v1-eval, --squad-negatives, --squad-negative-kind, "
+                "--squad-unanswerable-share and --squad-v1 are for --task qa"
             )
         if share is not None and not 0 < share < 1:
             raise ValueError(f"--squad-unanswerable-share is a share between 0 and 1 (e.g. 0.5), got {share}")

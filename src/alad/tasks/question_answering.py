@@ -175,7 +175,8 @@ class QATask(Task):
         once), plus whole dev articles moved by seed, plus negatives (``squad_negatives``), in that order."""
         from alad.data.readers import read_squad
         from alad.data.task_data import squad_v1_file
-        from alad.tasks.squad import make_negatives, merge_squad_train, pool_summary, split_squad_by_article
+        from alad.tasks.squad import merge_squad_train, pool_summary, split_squad_by_article
+        from alad.tasks.squad_negatives import make_negatives
 
         info = {}
         if config.squad_v1_train:
@@ -187,7 +188,9 @@ class QATask(Task):
                 train, evaluation, config.squad_dev_articles_to_train, config.seed
             )
             info["article_split"] = split_info
-        negatives, negatives_info = make_negatives(train, config.squad_negatives, config.seed)
+        negatives, negatives_info = make_negatives(
+            train, config.squad_negatives, config.seed, config.squad_negative_kind
+        )
         train = [*train, *negatives]
         info["squad_negatives"] = negatives_info
         info["pool"] = {**pool_summary(train), "negatives_made": len(negatives)}

@@ -24,8 +24,8 @@ Splits (:func:`split_squad_by_article`) move whole articles, never single questi
 questions of one article share its paragraphs; splitting them would leak evaluation text into training.
 
 The training pool may add the official SQuAD 1.1 train set (:func:`merge_squad_train`, a paragraph
-kept once when both files hold it) and negatives made from the pool itself (:func:`make_negatives`: a
-question paired with another paragraph of its own article). A second evaluation set,
+kept once when both files hold it) and negatives made from the pool itself
+(:func:`alad.tasks.squad_negatives.make_negatives`). A second evaluation set,
 :func:`squad_v1_eval_set` (the SQuAD 1.1 dev articles that are not in SQuAD 2.0 dev), is scored with
 the official SQuAD 1.1 script; :func:`check_disjoint_by_article` refuses any evaluation article that
 is also in training.
@@ -59,7 +59,6 @@ __all__ = [
     "decode_qa",
     "gold_answers",
     "labelled_answer_text",
-    "make_negatives",
     "merge_squad_train",
     "pool_summary",
     "prepare_qa_features",
@@ -654,86 +653,13 @@ def merge_squad_train(
     return [*train, *kept], info
 
 
-def make_negatives(pool: Sequence[QAExample], setting: float, seed: int) -> tuple[list[QAExample], dict[str, Any]]:
-    """Unanswerable questions made from the pool: an answerable question paired with another paragraph
-    of its own article in which none of its answers occurs (as whole normalised words).
-
-    ``setting`` 0 is off; ``0 < setting < 1`` is a share: that fraction of the pool's answerable
-    questions (rounded) is drawn by seed from the questions whose article has another paragraph;
-    ``setting >= 1`` (a whole number) draws that many questions per article. Each drawn question gets one
-    partner paragraph, drawn by seed; a question whose every other paragraph holds its answer is
-    skipped (counted). The negatives keep the question's title, take ``id + "-neg"`` and are marked
-    unanswerable. Returns ``(negatives, info)``; the pool itself is not changed.
-    """
-    if setting <= 0:
-        return [], {"setting": 0, "made": 0, "state": "off"}
-    rng = random.Random(seed + 211)
-    contexts: dict[str, list[str]] = {}
-    candidates: dict[str, list[int]] = {}
-    for i, ex in enumerate(pool):
-        article = article_of(ex)
-        paragraphs = contexts.setdefault(article, [])
-        if ex.context not in paragraphs:
-            paragraphs.append(ex.context)
-        if not ex.is_impossible and ex.answers:
-            candidates.setdefault(article, []).append(i)
-    eligible = {a: idx for a, idx in candidates.items() if len(contexts[a]) >= 2}
-    if setting >= 1:
-        per_article = int(setting)
-        chosen = sorted(i for idx in eligible.values() for i in rng.sample(idx, min(per_article, len(idx))))
-        rule = f"{per_article} per article"
-    else:
-        everyone = [i for idx in eligible.values() for i in idx]
-        wanted = round(setting * sum(len(idx) for idx in candidates.values()))
-        chosen = sorted(rng.sample(everyone, min(wanted, len(everyone))))
-        rule = f"a share of {setting:g} of the pool's answerable questions"
-    negatives: list[QAExample] = []
-    skipped = 0
-    normalized: dict[str, str] = {}  # each context normalised once
-    for i in chosen:
-        ex = pool[i]
-        answers = [f" {a} " for a in (normalize_answer(text) for text, _ in ex.answers) if a]
-        others = []
-        for c in contexts[article_of(ex)]:
-            if c == ex.context:
-                continue
-            if c not in normalized:
-                normalized[c] = f" {normalize_answer(c)} "
-            if not any(a in normalized[c] for a in answers):  # the answer, as whole normalised words
-                others.append(c)
-        if not others:
-            skipped += 1
-            continue
-        negatives.append(
-            QAExample(
-                id=ex.id + NEGATIVE_SUFFIX,
-                title=ex.title,
-                context=rng.choice(others),
-                question=ex.question,
-                answers=[],
-                is_impossible=True,
-            )
-        )
-    info = {
-        "setting": setting,
-        "state": "on",
-        "rule": rule + "; each paired with another paragraph of its own article that does not hold its answer",
-        "seed": seed,
-        "drawn": len(chosen),
-        "made": len(negatives),
-        "skipped_every_paragraph_holds_the_answer": skipped,
-        "articles": len({article_of(ex) for ex in negatives}),
-    }
-    return negatives, info
-
-
 def balanced_subset(
     pool: Sequence[QAExample], n: int | None, share: float, seed: int
 ) -> tuple[list[int], dict[str, Any]]:
     """Indices (sorted) of ``n`` pool questions of which ``round(share * n)`` are unanswerable: the
     pool's own unanswerable questions first (SQuAD 2.0's, written against their paragraph), then
-    negatives made by :func:`make_negatives` (ids ending ``-neg``), each drawn by seed; the rest are
-    answerable questions drawn by seed. Too few of either kind fails, naming the fix."""
+    negatives made by :func:`alad.tasks.squad_negatives.make_negatives` (ids ending ``-neg``), each
+    drawn by seed; the rest are answerable questions drawn by seed. Too few of either kind fails, naming the fix."""
     n = len(pool) if n is None else min(n, len(pool))
     wanted = round(share * n)
     rng = random.Random(seed + 307)
