@@ -59,7 +59,10 @@ def format_results(results: dict) -> str:
     if baseline:
         lines.append(
             f"Always-no-answer baseline on this evaluation set: EM {baseline['exact']:.2f}, F1 {baseline['f1']:.2f}. "
-            "F1 near it means a model that mostly answers 'no answer'; HasAns_f1 shows whether it finds spans."
+            "F1 near it means a model that mostly answers 'no answer'; HasAns_f1 shows whether it finds spans. "
+            "f1, exact, HasAns_f1, NoAns_f1 abstain where the no-answer score is above 0; best_f1 at the threshold "
+            "best on these questions themselves (optimistic); cv_f1, cv_HasAns_f1 at a threshold chosen on the other "
+            "half of the evaluation articles (two folds by article)."
         )
     for pair in results["pairs"]:
         rows = [r for r in results["rows"] if r["pair"] == pair["name"]]
