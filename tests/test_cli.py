@@ -316,3 +316,17 @@ def test_run_recipe(bert_dir, sentences, tmp_path, capsys, monkeypatch):
     assert len(json.loads((out / "results.json").read_text())["rows"]) == 9
     assert main(["run", str(path), "--profile", "full", "--out", str(out), "--quiet"]) == 2
     assert "has no profile 'full'" in capsys.readouterr().err
+
+
+def test_a_runs_saved_finetune_config_is_a_config_file(tmp_path):
+    import argparse
+
+    from alad.cli import build_config
+    from alad.finetuning.trainer import FINETUNE_CONFIG, FinetuneConfig
+    from alad.io.serialization import config_to_dict
+
+    saved = FinetuneConfig(task="qa", data="squad", max_train=12000, squad_negatives=0.05, lr_head=5e-4)
+    path = tmp_path / FINETUNE_CONFIG
+    path.write_text(json.dumps({"kind": "finetune_run", "config": config_to_dict(saved)}), encoding="utf-8")
+    again = build_config(FinetuneConfig, argparse.Namespace(config=str(path), squad_negative_kind="answer_removed"))
+    assert again == FinetuneConfig(**{**config_to_dict(saved), "squad_negative_kind": "answer_removed"})

@@ -1,7 +1,8 @@
 """The ``alad`` command line: thin wrappers over the same functions the Python API exposes.
 
-Every option of a run can also come from a YAML or JSON file (``--config run.yaml``); options given
-on the command line override the file, which overrides the defaults.
+Every option of a run can also come from a YAML or JSON file (``--config run.yaml``, or a run's saved
+``finetune_config.json``); options given on the command line override the file, which overrides the
+defaults.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def build_config(cls: type, args: argparse.Namespace) -> Any:
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
         from_file = load_run_file(args.config)
+        if set(from_file) == {"kind", "config"} and isinstance(from_file["config"], dict):
+            from_file = from_file["config"]  # a run's saved settings (finetune_config.json): run them again
         unknown = sorted(set(from_file) - names)
         if unknown:
             raise ValueError(f"{args.config}: unknown options {unknown}; known: {sorted(names)}")
