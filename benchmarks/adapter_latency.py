@@ -15,6 +15,11 @@ gives the noise floor. The rows are the models ``alad run`` times (``AladTaskMod
         --adapter attention:hidden_size=128,attention_dim=64,attention_heads=2 \\
         --out benchmarks/results/adapter_latency-qa
 
+``--also NAME=DIR`` (repeatable) adds saved task models (``AladTaskModel`` folders: a recipe's rows or
+its teacher) to the same pass, e.g. to time trained adapters beside random-init ones or to see what
+timing a larger model between the students' calls (as ``alad run``'s latency pass does) changes. They
+must read the student's token ids (the same tokenizer); another tokenizer is refused.
+
 Writes ``adapter_latency.json`` and ``adapter_latency.md`` to ``--out``.
 """
 
@@ -35,7 +40,7 @@ from alad.evaluation.latency import count_parameters
 from alad.finetuning.trainer import load_splits
 from alad.io.serialization import write_json_atomic
 from alad.models.encoders import resolve_model
-from alad.models.task_model import build_task_model
+from alad.models.task_model import AladTaskModel, build_task_model
 from alad.recipes.runner import _finetune_config, load_run_config, machine_info, resolve_student
 from alad.tasks import get_task
 
@@ -53,6 +58,31 @@ def parse_adapter(text: str) -> tuple[str, dict]:
         fields[key.strip()] = int(value)
     AdapterConfig(student_dim=1, teacher_dim=1, adapter_type=adapter_type, **fields)  # bad options fail here
     return text, {"adapter_type": adapter_type, **fields}
+
+
+def parse_saved(text: str) -> tuple[str, Path]:
+    """``NAME=DIR`` of ``--also``: a saved task model's row name and folder."""
+    name, sep, folder = text.partition("=")
+    if not sep or not name.strip() or not folder.strip():
+        raise ValueError(f"--also takes NAME=DIR (a saved task model's folder), got {text!r}")
+    if not Path(folder).is_dir():
+        raise ValueError(f"--also {text}: {folder} is not a folder; pass a saved task model (a recipe row's model)")
+    return name.strip(), Path(folder)
+
+
+def load_saved(saved: list[tuple[str, Path]], reference) -> dict:
+    """``{row name: model}`` of the ``--also`` models; each must tokenize as the student does."""
+    probe = "Which river flows through Cairo? The Nile, 6,650 km long, flows north."
+    expected = reference.tokenizer(probe)["input_ids"]
+    rows = {}
+    for name, folder in saved:
+        model = AladTaskModel.from_pretrained(folder).eval()
+        if model.tokenizer(probe)["input_ids"] != expected:
+            raise ValueError(
+                f"--also {name}={folder}: its tokenizer differs from the student's; the pass feeds one set of token ids"
+            )
+        rows[name] = model
+    return rows
 
 
 def build_rows(task_name: str, student: str, teacher_dim: int, labels, adapters: list[tuple[str, dict]], seed: int):
@@ -80,10 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=32, help="calls per row and batch size per round")
     parser.add_argument("--threads", type=int, default=2, help="torch threads while timing")
     parser.add_argument("--models-dir", default="runs/models", help="where a compressed student is written once")
+    parser.add_argument(
+        "--also", action="append", default=[], help="NAME=DIR (repeat): a saved task model timed in the same pass"
+    )
     parser.add_argument("--out", required=True)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     adapters = [parse_adapter(text) for text in args.adapter]
+    saved = [parse_saved(text) for text in args.also]
 
     config = load_run_config(args.config, args.profile, [args.pair])
     pair = config["pairs"][0]
@@ -92,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     student = resolve_student(pair, Path(args.models_dir))
     teacher_dim = AutoConfig.from_pretrained(resolve_model(pair["teacher"])).hidden_size  # its width, not its weights
     rows = build_rows(config["task"], student, teacher_dim, task.label_set(splits.train, None), adapters, template.seed)
+    rows.update(load_saved(saved, rows[STUDENT]))
 
     reference = rows[STUDENT]
     features = task.features(reference, splits.eval, template, labelled=False)  # inputs only, no label read
@@ -108,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "profile": args.profile,
         "pair": pair,
         "teacher_dim": teacher_dim,
+        "also": {name: str(folder) for name, folder in saved},
         "eval_items": len(splits.eval),
         "eval_features": len(features),
         "max_length": template.max_length if config["task"] == "qa" else None,
@@ -139,7 +175,14 @@ def format_table(summary: dict) -> str:
         f"{summary['median_tokens_b1']:.0f}; batch 32: length-sorted groups. Median of {b1['rounds']} interleaved "
         "rounds; overhead = median over rounds of the row's time over the student's in the same round. "
         "Adapters random-init (latency does not depend on the weights), teacher width "
-        f"{summary['teacher_dim']}.",
+        f"{summary['teacher_dim']}."
+        + (
+            " Saved models timed in the same pass (--also): "
+            + ", ".join(f"{name} = `{folder}`" for name, folder in summary["also"].items())
+            + "."
+            if summary.get("also")
+            else ""
+        ),
         "",
         "| row | params | ms b1 | overhead b1 | ms b32 | overhead b32 |",
         "|---|---:|---:|---:|---:|---:|",

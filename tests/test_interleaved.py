@@ -226,6 +226,38 @@ def test_adapter_sizes_times_each_model_once_with_a_noise_floor(monkeypatch):
     assert "Noise floor: a second copy of the student, timed as a row, measured" in bench.format_table(summary)
 
 
+def test_adapter_latency_benchmark_times_saved_models_in_the_same_pass(bert_dir, roberta_dir, sentences, tmp_path):
+    from alad.models.task_model import build_task_model
+
+    bench = _benchmark("adapter_latency")
+    recipe = write_recipe(tmp_path, bert_dir, sentences)
+    saved = tmp_path / "saved-row"
+    build_task_model("ner", bert_dir, ("O", "B-PER", "I-PER"), mode="frozen").save_pretrained(saved)
+    argv = [
+        "--config",
+        str(recipe),
+        "--pair",
+        "tiny",
+        "--adapter",
+        "mlp:hidden_size=8",
+        "--also",
+        f"a saved row={saved}",
+    ]
+    argv += ["--rounds", "2", "--batches", "2", "--threads", "1", "--models-dir", str(tmp_path / "models")]
+    assert bench.main([*argv, "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "out" / "adapter_latency.json").read_text())
+    assert [row["row"] for row in summary["rows"]][-1] == "a saved row" and summary["also"] == {
+        "a saved row": str(saved)
+    }
+    assert summary["rows"][-1]["b1"]["median_ms"] > 0
+    assert f"Saved models timed in the same pass (--also): a saved row = `{saved}`." in bench.format_table(summary)
+    other = tmp_path / "other-tokenizer"
+    build_task_model("ner", roberta_dir, ("O", "B-PER", "I-PER"), mode="frozen").save_pretrained(other)
+    argv[argv.index(f"a saved row={saved}")] = f"roberta={other}"
+    with pytest.raises(ValueError, match="its tokenizer differs from the student's"):
+        bench.main([*argv, "--out", str(tmp_path / "out2"), "--quiet"])
+
+
 def test_adapter_latency_benchmark_times_each_type_against_the_student(bert_dir, sentences, tmp_path):
     bench = _benchmark("adapter_latency")
     recipe = write_recipe(tmp_path, bert_dir, sentences)
@@ -249,5 +281,9 @@ def test_adapter_latency_benchmark_times_each_type_against_the_student(bert_dir,
     assert "| mlp:hidden_size=8 |" in table and "Command: `python " in table
     with pytest.raises(ValueError, match="key=integer"):
         bench.parse_adapter("mlp:hidden_size=big")
+    with pytest.raises(ValueError, match="--also takes NAME=DIR"):
+        bench.parse_saved("just-a-folder")
+    with pytest.raises(ValueError, match="is not a folder"):
+        bench.parse_saved(f"x={tmp_path / 'missing'}")
     with pytest.raises(ValueError, match="divisible"):
         bench.parse_adapter("attention:attention_dim=5,attention_heads=2")
