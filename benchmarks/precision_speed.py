@@ -21,8 +21,6 @@ Writes ``precision_speed.json`` and ``precision_speed.md`` to ``--out``.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
 import sys
 import time
@@ -30,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from alad.evaluation.latency import cpu_description
 from alad.models.encoders import Encoder, load_encoder
+from alad.recipes.runner import machine_info
 from alad.training.loop import adamw, optimizer_step
 from alad.training.precision import PRECISIONS, autocast, native_bf16
 
@@ -185,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     student_dim, teacher_dim = int(student.hidden_size), int(teacher.hidden_size)
     row = {
         "command": "python benchmarks/precision_speed.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.machine()}, {cpu_description()}, {os.cpu_count()} CPUs, {args.threads} torch threads, "
-        f"torch {torch.__version__}, native bf16: {native_bf16('cpu')}",
+        "machine": f"{machine_info()}, native bf16: {native_bf16('cpu')}",  # after set_num_threads: names them
         "embedding": embed,
         "alignment": alignment_step(student_dim, teacher_dim, args.hidden, args.batch_tokens, args.steps),
         "finetuning": finetuning_step(args.student, args.steps),

@@ -37,6 +37,7 @@ from alad.io.serialization import (
 from alad.models.encoders import MINILM, resolve_device
 from alad.models.task_model import MODES, AladTaskModel, build_task_model, continued_task_model
 from alad.tasks import TASKS, Task, get_task, predict_tags  # noqa: F401  (predict_tags: re-exported)
+from alad.tasks.squad_negatives import DEFAULT_KIND as DEFAULT_NEGATIVE_KIND
 from alad.training import distributed
 from alad.training.loop import ResumableLoop, adamw, optimizer_step, rng_state, set_rng_state
 from alad.training.precision import autocast
@@ -102,7 +103,7 @@ class FinetuneConfig:
         },
     )
     squad_negative_kind: str = field(
-        default="other_paragraph",
+        default=DEFAULT_NEGATIVE_KIND,
         metadata={
             "help": "qa: how squad_negatives are made: other_paragraph (the question paired with another paragraph "
             "of its own article that does not hold its answer) or answer_removed (its own paragraph without the "
@@ -251,7 +252,7 @@ class FinetuneConfig:
         validate_finetune_config(self)  # types, finite numbers, ranges, data format against task
         share = self.squad_unanswerable_share
         squad_settings = self.squad_v1_train or self.squad_v1_eval or self.squad_negatives or self.squad_v1
-        squad_settings = squad_settings or self.squad_negative_kind != "other_paragraph"
+        squad_settings = squad_settings or self.squad_negative_kind != DEFAULT_NEGATIVE_KIND
         if (squad_settings or share is not None) and self.task != "qa":
             raise ValueError(
                 "--squad-v1-train, --squad-v1-eval, --squad-negatives, --squad-negative-kind, "

@@ -25,7 +25,7 @@ from alad.data.readers import QAExample
 from alad.evaluation.metrics import normalize_answer
 from alad.tasks.squad import NEGATIVE_SUFFIX, article_of
 
-__all__ = ["NEGATIVE_KINDS", "AnswerRemoved", "NegativeKind", "OtherParagraph", "make_negatives"]
+__all__ = ["DEFAULT_KIND", "NEGATIVE_KINDS", "AnswerRemoved", "NegativeKind", "OtherParagraph", "make_negatives"]
 
 # a sentence ends at . ! or ? (closing quotes or brackets kept) followed by white space and a capital,
 # digit or opening quote: approximate (an abbreviation such as "U.S. Army" splits too), and checked
@@ -57,8 +57,8 @@ class NegativeKind:
                 paragraphs.append(ex.context)
 
     def eligible(self, ex: QAExample) -> bool:
-        """Whether the question may be drawn at all (an answerable question by default)."""
-        return not ex.is_impossible and bool(ex.answers)
+        """Whether an answerable question may be drawn at all (any, by default)."""
+        return True
 
     def context(self, ex: QAExample, rng: random.Random) -> str | None:
         raise NotImplementedError
@@ -74,7 +74,7 @@ class OtherParagraph(NegativeKind):
         self.normalized: dict[str, str] = {}  # each context normalised once
 
     def eligible(self, ex: QAExample) -> bool:
-        return super().eligible(ex) and len(self.contexts[article_of(ex)]) >= 2
+        return len(self.contexts[article_of(ex)]) >= 2
 
     def context(self, ex: QAExample, rng: random.Random) -> str | None:
         answers = _padded_answers(ex)
@@ -112,6 +112,7 @@ class AnswerRemoved(NegativeKind):
 
 
 NEGATIVE_KINDS: dict[str, type[NegativeKind]] = {kind.name: kind for kind in (OtherParagraph, AnswerRemoved)}
+DEFAULT_KIND = OtherParagraph.name
 
 
 def _draw(pool: Sequence[QAExample], kind: NegativeKind, setting: float, rng: random.Random) -> tuple[list[int], str]:
@@ -134,7 +135,7 @@ def _draw(pool: Sequence[QAExample], kind: NegativeKind, setting: float, rng: ra
 
 
 def make_negatives(
-    pool: Sequence[QAExample], setting: float, seed: int, kind: str = "other_paragraph"
+    pool: Sequence[QAExample], setting: float, seed: int, kind: str = DEFAULT_KIND
 ) -> tuple[list[QAExample], dict[str, Any]]:
     """Unanswerable questions made from the pool's answerable ones, by ``kind`` (:data:`NEGATIVE_KINDS`).
 
@@ -160,7 +161,7 @@ def make_negatives(
     info = {
         "setting": setting,
         "state": "on",
-        **({"kind": kind} if kind != "other_paragraph" else {}),
+        **({"kind": kind} if kind != DEFAULT_KIND else {}),  # the default's record stays as it was
         "rule": f"{rule}; {maker.rule}",
         "seed": seed,
         "drawn": len(chosen),
