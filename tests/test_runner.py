@@ -67,11 +67,12 @@ def test_recipe_rows(recipe_run):
         assert Path(row["model_dir"]).is_dir(), row["name"]
         # timed on the evaluation sentences' real lengths (3 items of 3-8 words), not on a fixed length
         assert 2 < row["latency_tokens_b1"] < 20, row
-    # one interleaved pass over every row of the main budget, at the end
+    # one interleaved pass over every row of the main budget, at the end, in a process spawned for it
     threads = torch.get_num_threads()
     # the teacher, the student (frozen and joint) and the student with an adapter (5 rows): 3 models timed
     assert results["latency"] == {
-        "rounds": 2, "calls": 3, "threads": threads, "rows": 9, "models_timed": 3, "eval_items": 10
+        "rounds": 2, "calls": 3, "threads": threads, "rows": 9, "models_timed": 3, "eval_items": 10,
+        "fresh_process": True,
     }  # fmt: skip
     by_name = {r["name"]: r for r in rows}
     timing = {r["name"]: (r["latency_ms_b1"], r["latency_ms_b32"]) for r in rows}
@@ -116,6 +117,7 @@ def test_recipe_files(recipe_run):
     # the alignment table (header, stage 1, stage 2), then the rows table (header, one line per row)
     assert markdown.count("\n| ") == 3 + 1 + len(results["rows"])
     assert "\n|---|---|" in markdown
+    assert "timed together at the end in a fresh process (not the one that trained) in 2 rounds" in markdown
     for png in ("metric_vs_params.png", "metric_vs_latency.png"):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the teacher-not-better warning appears exactly when the teacher does not beat the student
@@ -158,8 +160,13 @@ def test_second_run_reuses_every_stage(recipe_run, monkeypatch):
     assert len(model_files) >= 9 * 2
     before = {p: p.stat().st_mtime_ns for p in model_files}
 
-    again = run_recipe(load_run_config(path, "quick"), folder / "run", show_progress=False)
+    # the latency pass runs again, here in this process (fresh_process: false; the first run spawned one)
+    config = load_run_config(path, "quick")
+    config["latency"] = {**config["latency"], "fresh_process": False}
+    again = run_recipe(config, folder / "run", show_progress=False)
     assert {p: p.stat().st_mtime_ns for p in model_files} == before
+    assert again["latency"]["fresh_process"] is False and results["latency"]["fresh_process"] is True
+    assert all(r["latency_ms_b1"] > 0 for r in again["rows"] if r["model_dir"])
     keep = ("name", "main", "params", "params_trained", "recovery", "share_of_teacher", "cosine_to_teacher")
     assert [{k: r.get(k) for k in keep} for r in again["rows"]] == [
         {k: r.get(k) for k in keep} for r in results["rows"]
@@ -670,6 +677,15 @@ def test_label_budgets_are_checked_before_any_work(bert_dir, sentences, tmp_path
     ):
         with pytest.raises(ValueError, match=message):
             run_recipe({**config, "kd": kd}, tmp_path / "run", show_progress=False)
+    for latency, message in (
+        ({"round": 3}, r"latency has unknown keys \['round'\]; known: rounds: "),
+        ({"rounds": 0}, "latency: rounds must be a whole number >= 1, got 0"),
+        ({"threads": 1.5}, "latency: threads must be a whole number >= 1, got 1.5"),
+        ({"fresh_process": "yes"}, "latency: fresh_process must be true or false"),
+        ([3], "latency must be a mapping"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            run_recipe({**config, "latency": latency}, tmp_path / "run", show_progress=False)
     assert not (tmp_path / "run").exists()
 
 

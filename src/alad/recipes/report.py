@@ -168,7 +168,8 @@ def _latency_note(latency: dict | None) -> str:
     if not latency:
         return "Latency: not measured."
     return (
-        f"Latency: CPU, {latency['threads']} torch thread(s), every row of the main budget timed together at the end "
+        f"Latency: CPU, {latency['threads']} torch thread(s), every row of the main budget timed together at the end"
+        f"{' in a fresh process (not the one that trained)' if latency.get('fresh_process') else ''} "
         f"in {latency['rounds']} rounds (median), the rows taking turns call by call, each round {latency['calls']} "
         f"calls per batch size on the evaluation set's own items at their real lengths (batch 1: single items, "
         f"mean tokens in column 'tokens b1'; batch 32: length-sorted groups), each model through its own tokenizer."

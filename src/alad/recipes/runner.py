@@ -45,6 +45,7 @@ from alad.io.run_folder import check_path_name, check_run_folder, claim_run_fold
 from alad.io.serialization import read_json, write_json_atomic, write_text_atomic
 from alad.models.encoders import load_encoder, resolve_device
 from alad.recipes.config_files import load_run_file
+from alad.recipes.latency_pass import check_latency_section, time_rows
 from alad.recipes.report import format_results, plot_results
 from alad.recipes.row_jobs import RowJob, run_row_jobs
 from alad.tasks import get_task
@@ -300,63 +301,6 @@ def _row(name: str, kind: str, result: dict, task: str, model_dir: Path, timed: 
     }
 
 
-LATENCY_DEFAULTS = {"rounds": 7, "batches": 32, "threads": None}
-
-
-def time_rows(config: dict, splits: TaskSplits, rows: list[dict], show_progress: bool = False) -> dict[str, Any]:
-    """CPU latency of every timed row (``model_dir`` set) in one interleaved, repeated pass at the end,
-    on the evaluation set's own items at their real lengths (each model through its own tokenizer).
-
-    Rows timed minutes apart on a shared machine compare the machine, not the models; see
-    :mod:`alad.evaluation.interleaved`. Rows whose models compute the same thing on the same inputs,
-    weights aside (:func:`~alad.evaluation.latency.compute_signature`: an adapter trained frozen, joint
-    or with KD), are timed once and share the timing. Fills ``latency_ms_b1`` / ``latency_ms_b32``
-    (medians over rounds) and returns how the pass was run, for the table.
-    """
-    from alad.evaluation.interleaved import interleaved_latency, real_length_batches
-    from alad.evaluation.latency import compute_signature
-    from alad.models.task_model import AladTaskModel
-
-    settings = {**LATENCY_DEFAULTS, **(config.get("latency") or {})}
-    task, template = get_task(config["task"]), _finetune_config(config)
-    timed = [row for row in rows if row.get("model_dir")]
-    models, batches, timed_as = {}, {}, []
-    for row in timed:
-        model = AladTaskModel.from_pretrained(row["model_dir"]).eval()
-        features = task.features(model, splits.eval, template, labelled=False)  # inputs only, no label read
-
-        def collate(group, model=model):
-            return task.collate(model, group)
-
-        inputs = {b: real_length_batches(features, collate, b, settings["batches"]) for b in (1, 32)}
-        key = compute_signature(model, *(ids.tolist() for size in inputs.values() for ids, _ in size))
-        timed_as.append(key)
-        if key not in models:  # the first row of each signature is timed for all of them
-            models[key], batches[key] = model, inputs
-    if not models:
-        return {}
-    threads = torch.get_num_threads()
-    if settings["threads"]:
-        torch.set_num_threads(int(settings["threads"]))
-    try:
-        timings = interleaved_latency(models, batches, rounds=int(settings["rounds"]), show_progress=show_progress)
-    finally:
-        torch.set_num_threads(threads)
-    for key, row in zip(timed_as, timed, strict=True):
-        row["latency_ms_b1"] = timings[key][1]["median_ms"]
-        row["latency_ms_b32"] = timings[key][32]["median_ms"]
-        row["latency_tokens_b1"] = timings[key][1]["mean_tokens"]
-    first = timings[next(iter(models))]
-    return {
-        "rounds": int(settings["rounds"]),
-        "calls": first[1]["calls"],
-        "threads": first[1]["threads"],
-        "rows": len(timed),
-        "models_timed": len(models),
-        "eval_items": len(splits.eval),
-    }
-
-
 def machine_info(device: str = "cpu") -> str:
     """Where the numbers were measured, for the results table."""
     import platform
@@ -418,6 +362,7 @@ def check_recipe(config: dict[str, Any]) -> None:
         if not isinstance(config.get(key) or {}, dict):
             raise ValueError(f"{key} must be a mapping of alignment options, got {config.get(key)!r}")
     check_kd_section(config.get("kd") or {})
+    check_latency_section(config.get("latency") or {})
     names = {f.name for f in dataclasses.fields(AlignConfig)}
     for adapter, options in (config.get("compare_adapters") or {}).items():
         check_path_name(str(adapter), "compare_adapters name")
@@ -487,7 +432,8 @@ def run_recipe(
         rows, pair_summary = _run_pair(ctx, pair)
         pairs_out.append(pair_summary)
         all_rows.extend({**r, "pair": pair_summary["name"]} for r in rows)
-    latency = time_rows(config, ctx.splits, all_rows, show_progress)  # every row together, at the end
+    # every row together, at the end, in a fresh process (latency_pass)
+    latency = time_rows(config, _finetune_config(config), ctx.splits, all_rows, show_progress)
     results = {
         "task": ctx.task,
         "profile": config["profile"],
