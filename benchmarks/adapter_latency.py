@@ -41,7 +41,7 @@ from alad.finetuning.trainer import load_splits
 from alad.io.serialization import write_json_atomic
 from alad.models.encoders import resolve_model
 from alad.models.task_model import AladTaskModel, build_task_model
-from alad.recipes.runner import _finetune_config, load_run_config, machine_info, resolve_student
+from alad.recipes.runner import load_run_config, machine_info, recipe_finetune_config, resolve_student
 from alad.tasks import get_task
 
 STUDENT, STUDENT_COPY = "student alone", "student alone (second copy: noise floor)"
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = load_run_config(args.config, args.profile, [args.pair])
     pair = config["pairs"][0]
-    template = _finetune_config(config)
+    template = recipe_finetune_config(config)
     task, splits = get_task(config["task"]), load_splits(template)
     student = resolve_student(pair, Path(args.models_dir))
     teacher_dim = AutoConfig.from_pretrained(resolve_model(pair["teacher"])).hidden_size  # its width, not its weights

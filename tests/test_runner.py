@@ -374,15 +374,15 @@ def test_recipe_stage_options_take_the_adapter_type_and_are_checked():
 
 
 def test_recipe_precision_reaches_alignment_and_stage_3_not_the_teacher():
-    from alad.recipes.runner import _finetune_config, check_recipe
+    from alad.recipes.runner import check_recipe, recipe_finetune_config
 
     recipe = {"task": "ner", "windows": [3], "precision": "bf16", "stage1": {"epochs": 1}}
     check_recipe(recipe)
-    assert _finetune_config(recipe).precision == "bf16"  # stage 3 and the baselines
-    teacher = _finetune_config(recipe, stage3=False, student="t", adapter=None, mode="joint")
+    assert recipe_finetune_config(recipe).precision == "bf16"  # stage 3 and the baselines
+    teacher = recipe_finetune_config(recipe, stage3=False, student="t", adapter=None, mode="joint")
     assert teacher.precision == "fp32"  # so a teacher is reused whatever the run's precision
     assert (
-        _finetune_config(
+        recipe_finetune_config(
             {**recipe, "teacher_finetune": {"precision": "bf16"}},
             stage3=False,
             **({"student": "t", "adapter": None, "mode": "joint", "precision": "bf16"}),
@@ -426,7 +426,7 @@ def test_teacher_refine_continues_the_first_teacher(bert_dir, sentences, tmp_pat
 def test_qa_config_profiles_accept_the_real_squad_pool(profile, tmp_path):
     """configs/qa_squad2.yaml against the real shared files: reading and splitting only, no model."""
     from alad.data.sources import shared_data_dir
-    from alad.recipes.runner import _context, _finetune_config, check_recipe, stage2_texts
+    from alad.recipes.runner import _context, check_recipe, recipe_finetune_config, stage2_texts
 
     root = shared_data_dir()
     needed = ["squad_v2/dev-v2.0.json", "squad_v2/train-v2.0.first10articles.json", "squad_v1.1/train-v1.1.json"]
@@ -434,7 +434,7 @@ def test_qa_config_profiles_accept_the_real_squad_pool(profile, tmp_path):
         pytest.skip("the shared SQuAD 1.1 / 2.0 files are not here (set ALAD_SHARED_DATA)")
     config = load_run_config(Path(__file__).parents[1] / "configs" / "qa_squad2.yaml", profile)
     check_recipe(config)
-    teacher = _finetune_config(
+    teacher = recipe_finetune_config(
         config, stage3=False, student="t", adapter=None, mode="joint", **config["teacher_finetune"]
     )
     ctx = _context(config, tmp_path / "run", False, "cpu", None)  # what `alad run` checks before any work
@@ -464,7 +464,7 @@ def test_qa_config_profiles_accept_the_real_squad_pool(profile, tmp_path):
             "answerable": 2000,
             "rule": "the pool's own unanswerable questions first, then made negatives, then answerable ones, by seed",
         }
-        refine = _finetune_config(
+        refine = recipe_finetune_config(
             config, stage3=False, student="t", adapter=None, mode="joint",
             **{**config["teacher_finetune"], **config["teacher_refine"]},
         )  # fmt: skip
@@ -488,6 +488,25 @@ def test_qa_config_profiles_accept_the_real_squad_pool(profile, tmp_path):
     assert {p["name"] for p in config["pairs"]} >= (
         {"minilm-l2-to-minilm-l6"} if profile == "quick" else {"minilm-l2-to-minilm-l6", "minilm-l6-to-mpnet"}
     )
+
+
+def test_qa_quick_12k_profile_is_the_quick_profile_at_12000_labels_with_its_teacher():
+    """quick-12k changes the students' budget and drops the KD and head-only rows, nothing else: the
+    teacher's settings (its key) are the quick profile's, so its one-off teacher is reused."""
+    from alad.recipes.runner import check_recipe, recipe_finetune_config
+
+    path = Path(__file__).parents[1] / "configs" / "qa_squad2.yaml"
+    quick, larger = load_run_config(path, "quick"), load_run_config(path, "quick-12k")
+    check_recipe(larger)
+
+    def teacher(config):
+        settings = {**config["teacher_finetune"], **config["teacher_refine"]}
+        return recipe_finetune_config(config, stage3=False, student="t", adapter=None, mode="joint", **settings)
+
+    assert teacher(larger) == teacher(quick)
+    assert (larger["max_train"], larger["kd"], larger["modes"]) == (12000, None, ["frozen", "joint", "teacher-head"])
+    changed = ("max_train", "kd", "modes", "profile")
+    assert {k: v for k, v in larger.items() if k not in changed} == {k: v for k, v in quick.items() if k not in changed}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -175,7 +175,7 @@ def _digest(obj: Any) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
 
 
-def _finetune_config(config: dict, stage3: bool = True, **fields: Any) -> FinetuneConfig:
+def recipe_finetune_config(config: dict, stage3: bool = True, **fields: Any) -> FinetuneConfig:
     """Top-level settings, then (for stage 3 and the baselines, not the teacher) the ``finetune`` section.
     The top-level ``precision`` acts on alignment and stage 3, not on the teacher (``teacher_finetune``
     sets its own), so a teacher is reused whatever the run's precision."""
@@ -240,7 +240,7 @@ def _teacher_run(
         run = Path(pair["teacher_run"])
         return run, read_json(run / METRICS, "teacher metrics (pass a finished fine-tuning run)")
     settings = dict(config.get("teacher_finetune") or {})
-    ft = _finetune_config(config, stage3=False, student=pair["teacher"], adapter=None, mode="joint", **settings)
+    ft = recipe_finetune_config(config, stage3=False, student=pair["teacher"], adapter=None, mode="joint", **settings)
     run = teachers_dir / f"{config['task']}-{_slug(pair['teacher'])}-{_digest(_settings_key(ft))}"
     result = _finetune_teacher(run, ft, show_progress, device, report_only)
     refine = config.get("teacher_refine")
@@ -248,7 +248,7 @@ def _teacher_run(
         return run, result
     settings.update(refine)
     student = str(run / MODEL_DIR / "encoder")
-    ft = _finetune_config(config, stage3=False, adapter=None, mode="joint", **settings)
+    ft = recipe_finetune_config(config, stage3=False, adapter=None, mode="joint", **settings)
     ft = dataclasses.replace(ft, student=student, init_from=str(run))
     key = {**_settings_key(ft), "student": run.name, "init_from": run.name}  # not the machine's paths
     refined = teachers_dir / f"{run.name}-refined-{_digest(key)}"
@@ -383,7 +383,7 @@ def check_recipe(config: dict[str, Any]) -> None:
     if not isinstance(finetune, dict):
         raise ValueError(f"finetune must be a mapping of fine-tuning options, got {finetune!r}")
     try:
-        _finetune_config(config, mode="joint", adapter=None, teacher=None, head_init="random")
+        recipe_finetune_config(config, mode="joint", adapter=None, teacher=None, head_init="random")
     except TypeError as err:
         raise ValueError(f"finetune: {err}; see alad finetune --help for the options") from err
     teacher: dict = {}
@@ -393,7 +393,7 @@ def check_recipe(config: dict[str, Any]) -> None:
         if unknown is None or unknown:
             raise ValueError(f"{key} must be a mapping of fine-tuning options (alad finetune --help), got {values!r}")
         teacher.update(values)
-        _finetune_config(config, stage3=False, student="teacher", adapter=None, mode="joint", **teacher)
+        recipe_finetune_config(config, stage3=False, student="teacher", adapter=None, mode="joint", **teacher)
     for mode in config.get("modes") or []:
         if mode not in ("frozen", "joint", "head-only", "teacher-head"):
             raise ValueError(f"modes: {mode!r} is not one of frozen, joint, head-only, teacher-head")
@@ -433,7 +433,7 @@ def run_recipe(
         pairs_out.append(pair_summary)
         all_rows.extend({**r, "pair": pair_summary["name"]} for r in rows)
     # every row together, at the end, in a fresh process (latency_pass)
-    latency = time_rows(config, _finetune_config(config), ctx.splits, all_rows, show_progress)
+    latency = time_rows(config, recipe_finetune_config(config), ctx.splits, all_rows, show_progress)
     results = {
         "task": ctx.task,
         "profile": config["profile"],
@@ -458,11 +458,11 @@ def run_recipe(
 
 def _context(config: dict, out: Path, show_progress: bool, device: str, labels) -> _Context:
     """Check every setting that needs no model (budgets, KD, text files) before any work."""
-    template = _finetune_config(config)  # invalid stage-3 settings fail here
+    template = recipe_finetune_config(config)  # invalid stage-3 settings fail here
     for mode in KD_MODES:
         kd = kd_settings(config, mode)
         if kd:
-            _finetune_config(config, adapter=None, mode=mode, teacher="teacher", **kd)
+            recipe_finetune_config(config, adapter=None, mode=mode, teacher="teacher", **kd)
     splits = load_splits(template)
     pool = len(splits.pool)
     wanted = parse_label_budgets(labels) or parse_label_budgets(config.get("labels")) or [len(splits.train)]
@@ -659,7 +659,7 @@ class _RowRunner:
         **extra,
     ) -> dict:
         ctx = self.ctx
-        ft = _finetune_config(
+        ft = recipe_finetune_config(
             ctx.config,
             student=self.student,
             adapter=str(adapter_dir) if adapter_dir else None,
