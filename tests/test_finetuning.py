@@ -402,7 +402,10 @@ def test_qa_run_reports_squad_v2_metrics(qa_bert_dir, tmp_path):
     baseline = metrics["no_answer_baseline"]
     assert baseline["exact"] == baseline["f1"] == pytest.approx(100 * n_unanswerable / len(QA_DEV))
     assert (baseline["HasAns_f1"], baseline["NoAns_f1"]) == (0.0, 100.0)
-    assert set(result["headline"]) == {"exact", "f1", "HasAns_f1", "NoAns_f1", "best_f1", "cv_f1", "cv_HasAns_f1"}
+    headline = {"exact", "f1", "HasAns_f1", "NoAns_f1", "best_f1", "cv_f1", "cv_HasAns_f1", "noans_auc"}
+    assert set(result["headline"]) == headline
+    # whether the no-answer score ranks the 2 unanswerable dev questions above the 3 answerable ones
+    assert 0.0 <= metrics["noans_auc"] <= 1.0 and result["headline"]["noans_auc"] == metrics["noans_auc"]
     # 4 dev articles: the no-answer threshold is also chosen on each half of them for the other half
     assert metrics["cv_folds"] == 2 and len(metrics["cv_thresholds"]) == 2 and 0.0 <= metrics["cv_f1"] <= 100.0
     assert result["headline"]["f1"] == metrics["f1"] and result["headline"]["best_f1"] == metrics["best_f1"]

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from alad.evaluation.metrics import (
+    answerability_auc,
     compute_exact,
     compute_f1,
     cross_fitted_v2_metrics,
@@ -459,3 +460,22 @@ def test_cross_fitted_threshold_needs_as_many_articles_as_folds_and_every_articl
         cross_fitted_v2_metrics(gold, pred, na, {"q1": "A"})
     with pytest.raises(ValueError, match="folds must be at least 2"):
         cross_fitted_v2_metrics(gold, pred, na, {"q1": "A", "q2": "B"}, folds=1)
+
+
+def test_answerability_auc_counts_unanswerable_questions_ranked_above_answerable_ones() -> None:
+    # unanswerable q2 (2.0), q4 (0.5); answerable q1 (-1.0), q3 (2.0, tied with q2)
+    gold = {"q1": ["a"], "q2": [], "q3": ["b"], "q4": []}
+    na = {"q1": -1.0, "q2": 2.0, "q3": 2.0, "q4": 0.5}
+    # pairs (unanswerable, answerable): q2>q1 1, q2=q3 1/2, q4>q1 1, q4<q3 0 -> 2.5 of 4
+    assert answerability_auc(gold, na) == pytest.approx(0.625)
+    assert answerability_auc(gold, {"q1": 0, "q2": 1, "q3": 0, "q4": 1}) == 1.0
+    assert answerability_auc(gold, {"q1": 1, "q2": 0, "q3": 1, "q4": 0}) == 0.0
+    assert answerability_auc(gold, dict.fromkeys(gold, 0.0)) == 0.5  # one score for all: no ranking
+    assert answerability_auc({"q1": ["a"], "q3": ["b"]}, na) is None
+    with pytest.raises(ValueError, match="1 question\\(s\\) without an na_prob"):
+        answerability_auc(gold, {"q1": 0.0, "q2": 1.0, "q3": 0.0})
+    rng = random.Random(0)  # against the pairwise count itself, with many ties
+    gold = {f"q{i}": ([] if rng.random() < 0.5 else ["x"]) for i in range(300)}
+    na = {q: float(rng.randint(0, 20)) for q in gold}
+    pairs = [(na[u] > na[a]) + 0.5 * (na[u] == na[a]) for u in gold if not gold[u] for a in gold if gold[a]]
+    assert answerability_auc(gold, na) == pytest.approx(sum(pairs) / len(pairs))

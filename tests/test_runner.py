@@ -324,10 +324,11 @@ def test_qa_recipe_aligns_on_question_context_pairs(bert_dir, sentences, tmp_pat
     assert (results["rows"][0]["v1.1_exact"], results["rows"][0]["v1.1_f1"]) == (v1["exact"], v1["f1"])
     markdown = (tmp_path / "run" / "results.md").read_text()
     assert (
-        "| best_f1 | cv_f1 | cv_HasAns_f1 | v1.1_exact | v1.1_f1 | params |" in markdown
+        "| best_f1 | cv_f1 | cv_HasAns_f1 | noans_auc | v1.1_exact | v1.1_f1 | params |" in markdown
         and "| AlAd w1 mlp, frozen | " in markdown
     )
     assert "cv_f1, cv_HasAns_f1 at a threshold chosen on the other half of the evaluation articles" in markdown
+    assert "noans_auc: the chance that an unanswerable question's no-answer score is above" in markdown
     assert "SQuAD 1.1 dev articles not in SQuAD 2.0 dev: 1 articles, 2 questions (2 evaluated); scoring: " in markdown
     assert "Training and evaluation disjoint by article: checked." in markdown
     # stage 2 aligned on the questions and contexts as the QA model reads them: one pair per question

@@ -429,6 +429,33 @@ def cross_fitted_v2_metrics(
     return {**{f"cv_{k}": scores[k] for k in keys if k in scores}, "cv_thresholds": thresholds, "cv_folds": folds}
 
 
+def answerability_auc(gold: Mapping[str, Sequence[str]], na_probs: Mapping[str, float]) -> float | None:
+    """How well the no-answer score ranks: the probability that a random unanswerable question has a
+    higher ``na_prob`` than a random answerable one (ties count half; ROC AUC, Mann-Whitney), in [0, 1].
+
+    0.5 is no ranking at all, whatever the threshold: then no threshold abstains on the unanswerable
+    questions more than on the answerable ones, and F1 stays near "always no answer" or below. None
+    where the questions are all answerable or all unanswerable.
+    """
+    missing = [q for q in gold if q not in na_probs]
+    if missing:
+        raise ValueError(f"{len(missing)} question(s) without an na_prob, e.g. {missing[:5]}")
+    ranked = sorted(gold, key=lambda q: na_probs[q])
+    rank_sum, unanswerable, i = 0.0, 0, 0
+    while i < len(ranked):  # average ranks (1-based) over ties
+        j = i
+        while j < len(ranked) and na_probs[ranked[j]] == na_probs[ranked[i]]:
+            j += 1
+        tied = [q for q in ranked[i:j] if not gold[q]]
+        rank_sum += len(tied) * (i + 1 + j) / 2
+        unanswerable += len(tied)
+        i = j
+    answerable = len(ranked) - unanswerable
+    if not answerable or not unanswerable:
+        return None
+    return (rank_sum - unanswerable * (unanswerable + 1) / 2) / (unanswerable * answerable)
+
+
 def no_answer_baseline(gold: Mapping[str, Sequence[str]]) -> dict[str, Any]:
     """Scores of always predicting "" (abstaining): the floor any SQuAD 2.0 model must beat.
 

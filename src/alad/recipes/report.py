@@ -62,7 +62,8 @@ def format_results(results: dict) -> str:
             "F1 near it means a model that mostly answers 'no answer'; HasAns_f1 shows whether it finds spans. "
             "f1, exact, HasAns_f1, NoAns_f1 abstain where the no-answer score is above 0; best_f1 at the threshold "
             "best on these questions themselves (optimistic); cv_f1, cv_HasAns_f1 at a threshold chosen on the other "
-            "half of the evaluation articles (two folds by article)."
+            "half of the evaluation articles (two folds by article). noans_auc: the chance that an unanswerable "
+            "question's no-answer score is above an answerable one's (1: it tells them apart; 0.5: not at all)."
         )
     for pair in results["pairs"]:
         rows = [r for r in results["rows"] if r["pair"] == pair["name"]]

@@ -12,7 +12,13 @@ import torch
 from torch.nn import functional as F
 
 from alad.data.readers import QAExample, question_context_pairs
-from alad.evaluation.metrics import cross_fitted_v2_metrics, no_answer_baseline, squad_v1_metrics, squad_v2_metrics
+from alad.evaluation.metrics import (
+    answerability_auc,
+    cross_fitted_v2_metrics,
+    no_answer_baseline,
+    squad_v1_metrics,
+    squad_v2_metrics,
+)
 from alad.tasks.base import IGNORE_INDEX, Task, batched_logits, register_task
 
 SQUAD_V1_EVAL = "squad_v1_eval"  # the extra evaluation set and its key in metrics.json
@@ -30,7 +36,7 @@ _SET_NAMES = {
 class QATask(Task):
     name = "qa"
     main_metric = "f1"
-    columns = ("f1", "exact", "HasAns_f1", "NoAns_f1", "best_f1", "cv_f1", "cv_HasAns_f1")
+    columns = ("f1", "exact", "HasAns_f1", "NoAns_f1", "best_f1", "cv_f1", "cv_HasAns_f1", "noans_auc")
     has_labels = False
     supports_distillation = True
 
@@ -129,6 +135,7 @@ class QATask(Task):
             **at_zero,
             **{k: v for k, v in best.items() if k.startswith("best")},
             **cross_fitted_v2_metrics(gold, predictions, na_scores, articles),
+            "noans_auc": answerability_auc(gold, na_scores),
             "no_answer_baseline": no_answer_baseline(gold),
         }
 
@@ -141,6 +148,7 @@ class QATask(Task):
             "best_f1": metrics.get("best_f1", metrics["f1"]),
             "cv_f1": metrics.get("cv_f1", float("nan")),
             "cv_HasAns_f1": metrics.get("cv_HasAns_f1", float("nan")),
+            "noans_auc": _or_nan(metrics.get("noans_auc")),
         }
 
     def format_details(self, metrics) -> str:
@@ -150,7 +158,8 @@ class QATask(Task):
             f"{metrics.get('NoAns_f1', float('nan')):.2f}; always-no-answer baseline: EM {base['exact']:.2f}, "
             f"F1 {base['f1']:.2f}; best threshold F1 {metrics.get('best_f1', float('nan')):.2f}; threshold chosen on "
             f"the other half of the articles: F1 {metrics.get('cv_f1', float('nan')):.2f}, HasAns F1 "
-            f"{metrics.get('cv_HasAns_f1', float('nan')):.2f}"
+            f"{metrics.get('cv_HasAns_f1', float('nan')):.2f}; no-answer score AUC (unanswerable above answerable) "
+            f"{_or_nan(metrics.get('noans_auc')):.3f}"
         )
 
     def check_source(self, source, split, role) -> None:
@@ -269,3 +278,7 @@ class QATask(Task):
 
 
 register_task(QATask())
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
