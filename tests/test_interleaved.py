@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -10,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tiny_tasks import write_recipe
+from tiny_tasks import load_benchmark, write_recipe
 
 from alad.evaluation.interleaved import interleaved_latency, real_length_batches
 
@@ -89,14 +88,6 @@ def test_interleaved_overhead_is_paired_so_a_drifting_machine_cancels():
         interleaved_latency(rows, batches, rounds=1, reference="nope")
 
 
-def _benchmark(name: str):
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _sweep_summary(rows: list[dict], default: dict | None, modes: list[str]) -> dict:
     """An adapter_sizes summary around ``rows``, as the benchmark writes it (tiny fixed setup)."""
     return {
@@ -115,7 +106,7 @@ def _sweep_summary(rows: list[dict], default: dict | None, modes: list[str]) -> 
 
 
 def test_adapter_sizes_default_rule_and_table():
-    bench = _benchmark("adapter_sizes")
+    bench = load_benchmark("adapter_sizes")
     rows = [
         {"name": "student", "hidden": None, "window": None, "mode": "frozen", "metric": 50.0},
         {"name": "a", "hidden": 1280, "window": 3, "mode": "frozen", "metric": 80.0},
@@ -137,7 +128,7 @@ def test_adapter_sizes_default_rule_and_table():
 
 
 def test_adapter_sizes_sweeps_adapter_types(tmp_path):
-    bench = _benchmark("adapter_sizes")
+    bench = load_benchmark("adapter_sizes")
     assert bench._types("mlp, attention,mlp") == ["mlp", "attention"]
     with pytest.raises(SystemExit, match="--adapter-types takes names among attention, mlp, got 'mlp,lstm'"):
         bench._types("mlp,lstm")
@@ -169,7 +160,7 @@ def test_adapter_sizes_sweeps_adapter_types(tmp_path):
 
 def test_adapter_sizes_gain_share_and_overhead_target():
     """Share of the W3/h1280 MLP's frozen gain over the student, and the <= 10% / >= 80% target."""
-    bench = _benchmark("adapter_sizes")
+    bench = load_benchmark("adapter_sizes")
     rows = [
         {"name": "student", "hidden": None, "window": None, "mode": "frozen", "metric": 50.0, "overhead_b1_pct": 0.0},
         {"name": "ref", "type": "mlp", "hidden": 1280, "window": 3, "mode": "frozen", "metric": 80.0},
@@ -199,7 +190,7 @@ def test_adapter_sizes_gain_share_and_overhead_target():
 
 def test_adapter_sizes_times_each_model_once_with_a_noise_floor(monkeypatch):
     """Frozen and teacher-head rows of one adapter share one timing; a second student copy gives the noise floor."""
-    bench = _benchmark("adapter_sizes")
+    bench = load_benchmark("adapter_sizes")
     loaded = []
 
     def from_pretrained(folder):
@@ -229,7 +220,7 @@ def test_adapter_sizes_times_each_model_once_with_a_noise_floor(monkeypatch):
 def test_adapter_latency_benchmark_times_saved_models_in_the_same_pass(bert_dir, roberta_dir, sentences, tmp_path):
     from alad.models.task_model import build_task_model
 
-    bench = _benchmark("adapter_latency")
+    bench = load_benchmark("adapter_latency")
     recipe = write_recipe(tmp_path, bert_dir, sentences)
     saved = tmp_path / "saved-row"
     build_task_model("ner", bert_dir, ("O", "B-PER", "I-PER"), mode="frozen").save_pretrained(saved)
@@ -259,7 +250,7 @@ def test_adapter_latency_benchmark_times_saved_models_in_the_same_pass(bert_dir,
 
 
 def test_adapter_latency_benchmark_times_each_type_against_the_student(bert_dir, sentences, tmp_path):
-    bench = _benchmark("adapter_latency")
+    bench = load_benchmark("adapter_latency")
     recipe = write_recipe(tmp_path, bert_dir, sentences)
     out = tmp_path / "out"
     argv = ["--config", str(recipe), "--pair", "tiny", "--adapter", "mlp:hidden_size=8"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from tiny_tasks import MODES, save_tiny_bert, write_qa_data, write_recipe, write_squad_v1_data
+from tiny_tasks import MODES, load_benchmark, save_tiny_bert, write_qa_data, write_recipe, write_squad_v1_data
 
 import alad.finetuning.trainer as finetune_module
 from alad.alignment.cache import corpus_hash
@@ -331,6 +331,19 @@ def test_qa_recipe_aligns_on_question_context_pairs(bert_dir, sentences, tmp_pat
     assert "noans_auc: the chance that an unanswerable question's no-answer score is above" in markdown
     assert "SQuAD 1.1 dev articles not in SQuAD 2.0 dev: 1 articles, 2 questions (2 evaluated); scoring: " in markdown
     assert "Training and evaluation disjoint by article: checked." in markdown
+    # benchmarks/rescore_run.py: every saved row again on the run's own evaluation items, same F1 (checked)
+    rescore = load_benchmark("rescore_run").rescore
+    rescored = rescore(tmp_path / "run", show_progress=False)
+    timed = [r for r in results["rows"] if r["model_dir"]]
+    assert [(r["name"], r["f1"], r["noans_auc"]) for r in rescored["rows"]] == [
+        (r["name"], r["f1"], r["noans_auc"]) for r in timed
+    ]
+    assert rescored["eval_items"] == 5 and all(0.0 <= r["noans_auc"] <= 1.0 for r in rescored["rows"])
+    edited = json.loads((tmp_path / "run" / "results.json").read_text())
+    edited["rows"][0]["main"] += 1.0  # a run whose figure these predictions do not give
+    (tmp_path / "run" / "results.json").write_text(json.dumps(edited))
+    with pytest.raises(SystemExit, match=r"scores .* now against .* in the run: not the run's predictions"):
+        rescore(tmp_path / "run", show_progress=False)
     # stage 2 aligned on the questions and contexts as the QA model reads them: one pair per question
     train = load_splits(FinetuneConfig(task="qa", data=f"squad:{data}", eval_split="dev", max_train=None)).train
     saved = json.loads((tmp_path / "run" / "tiny" / "stage2" / "run_config.json").read_text())
