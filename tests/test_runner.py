@@ -173,6 +173,17 @@ def test_second_run_reuses_every_stage(recipe_run, monkeypatch):
     ]
 
 
+def test_a_failed_latency_process_says_how_to_time_in_this_one(monkeypatch):
+    import sys
+
+    from alad.recipes.latency_pass import time_rows
+
+    monkeypatch.setattr(sys, "executable", "false")  # a child that fails at once
+    splits = types.SimpleNamespace(eval=[])
+    with pytest.raises(RuntimeError, match=r"latency pass \(a fresh process\) failed.*fresh_process: false"):
+        time_rows({"latency": {"rounds": 1}}, types.SimpleNamespace(task="ner"), splits, [], False)
+
+
 # --------------------------------------------------------------------------------------------------
 # summaries
 

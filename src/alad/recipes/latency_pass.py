@@ -1,6 +1,6 @@
 """The recipe's latency pass: every timed row of a run in one interleaved, repeated pass at the end.
 
-By default the pass runs in a fresh process, spawned for it, not in the process that trained the
+By default the pass runs in a fresh Python process started for it, not in the process that trained the
 teacher, aligned and evaluated. The QA quick profile's pass, at the end of a 109-minute process, timed
 pair (b)'s student at 10.96 ms and the attention adapter at +21.9%; the same finished run re-invoked
 (only the latency pass runs then, in a process that trained nothing) timed them at 7.61 ms and +11.9%
@@ -10,8 +10,14 @@ models unequally; a fresh process times the models, not that state.
 
 from __future__ import annotations
 
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,39 +62,55 @@ def time_rows(
     weights aside (:func:`~alad.evaluation.latency.compute_signature`: an adapter trained frozen, joint
     or with KD), are timed once and share the timing. Fills ``latency_ms_b1`` / ``latency_ms_b32``
     (medians over rounds) and returns how the pass was run, for the table. With ``fresh_process`` (the
-    default) the pass runs in a process spawned for it, with this process's torch threads.
+    default) the pass runs in a new Python process started for it (``python -m``, so nothing of the
+    caller's script runs again there), with this process's torch threads.
     """
     settings = {**LATENCY_DEFAULTS, **(config.get("latency") or {})}
     if not settings["fresh_process"]:
-        info = _time_rows_here(settings, template, splits, rows, show_progress)
+        info = _time_rows_here(settings, template, splits.eval, rows, show_progress)
         return {**info, "fresh_process": False} if info else info
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
     threads = int(settings["threads"] or torch.get_num_threads())
-    with ProcessPoolExecutor(1, mp_context=context, initializer=_start_timing_process, initargs=(threads,)) as pool:
-        info, timed = pool.submit(_time_rows_apart, settings, template, splits, rows, show_progress).result()
+    with tempfile.TemporaryDirectory(prefix="alad-latency-") as folder:
+        job, answer = Path(folder) / "job.pkl", Path(folder) / "answer.pkl"
+        job.write_bytes(pickle.dumps((settings, template, splits.eval, rows, show_progress, threads)))
+        code = sys.executable, "-m", "alad.recipes.latency_pass", str(job), str(answer)
+        package_root = str(Path(__file__).resolve().parents[2])  # the child imports this very alad
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        if subprocess.run(code, env=env).returncode != 0 or not answer.is_file():
+            raise RuntimeError(
+                "the latency pass (a fresh process) failed: see its error above; the trained rows are kept, "
+                "and latency: {fresh_process: false} in the recipe times them in this process"
+            )
+        info, timed = pickle.loads(answer.read_bytes())  # written by the child just now, from our own job
     for row, done in zip(rows, timed, strict=True):
         row.update({key: done[key] for key in ROW_FIELDS if key in done})
     return info
 
 
-def _start_timing_process(threads: int) -> None:
-    from alad.recipes.row_jobs import exit_with_parent
-
+def _run_job(job: Path, answer: Path) -> None:
+    """The pass in the fresh process (``python -m alad.recipes.latency_pass JOB ANSWER``)."""
+    settings, template, items, rows, show_progress, threads = pickle.loads(job.read_bytes())
+    _exit_with_parent()
     torch.set_num_threads(threads)
-    exit_with_parent()
+    info = _time_rows_here(settings, template, items, rows, show_progress)
+    # set here, in the process that timed: the parent cannot mark a pass fresh that did not run apart
+    answer.write_bytes(pickle.dumps(({**info, "fresh_process": True} if info else info, rows)))
 
 
-def _time_rows_apart(
-    settings: dict, template: FinetuneConfig, splits: TaskSplits, rows: list[dict], show_progress: bool
-) -> tuple[dict, list[dict]]:
-    """The pass in the spawned process: how it ran, and the rows with their timings."""
-    info = _time_rows_here(settings, template, splits, rows, show_progress)
-    # measured here, not assumed: true only when this pass runs in a process of its own
-    return ({**info, "fresh_process": multiprocessing.parent_process() is not None} if info else info), rows
+def _exit_with_parent() -> None:
+    """Stop timing when ``alad run`` is killed (this process is then handed to another parent)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="alad-latency-exit-with-parent", daemon=True).start()
 
 
 def _time_rows_here(
-    settings: dict, template: FinetuneConfig, splits: TaskSplits, rows: list[dict], show_progress: bool
+    settings: dict, template: FinetuneConfig, items: list, rows: list[dict], show_progress: bool
 ) -> dict[str, Any]:
     from alad.evaluation.interleaved import interleaved_latency, real_length_batches
     from alad.evaluation.latency import compute_signature
@@ -99,7 +121,7 @@ def _time_rows_here(
     models, batches, timed_as = {}, {}, []
     for row in timed:
         model = AladTaskModel.from_pretrained(row["model_dir"]).eval()
-        features = task.features(model, splits.eval, template, labelled=False)  # inputs only, no label read
+        features = task.features(model, items, template, labelled=False)  # inputs only, no label read
 
         def collate(group, model=model):
             return task.collate(model, group)
@@ -129,5 +151,9 @@ def _time_rows_here(
         "threads": first[1]["threads"],
         "rows": len(timed),
         "models_timed": len(models),
-        "eval_items": len(splits.eval),
+        "eval_items": len(items),
     }
+
+
+if __name__ == "__main__":
+    _run_job(Path(sys.argv[1]), Path(sys.argv[2]))
