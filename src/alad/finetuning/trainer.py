@@ -24,6 +24,7 @@ import torch
 from alad.alignment.trainer import alignment_loss, warmup_linear_decay
 from alad.compression import is_quantized_folder, joint_mode_error
 from alad.data.task_data import DataSource, disjoint_splits, seeded_subset
+from alad.evaluation.latency import count_parameters
 from alad.finetuning.frozen_states import FROZEN_STATES, add_frozen_states, cache_frozen_states
 from alad.io.run_folder import claim_run_folder
 from alad.io.serialization import (
@@ -442,25 +443,8 @@ def train_task_model(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_linear_decay(loop.total_steps(), config.warmup_ratio)
     )
-    losses: list[float] = []
     rank, world = distributed.rank(), distributed.world_size()
-    state = load_training_state(checkpoint_path) if checkpoint_path else None
-    if state is not None:
-        saved_world = state.get("world_size", 1)
-        if saved_world != world:
-            raise ValueError(
-                f"the checkpoint {checkpoint_path} was written by {saved_world} process(es); resume it with "
-                f"{saved_world} (now {world}): each process's share of every batch, and its dropout, must stay the same"
-            )
-        model.load_state_dict(state["model"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state.get("rng_per_process", [state["rng"]])[rank])
-        loop.resume_at(state["epoch"], state["batch"], state["step"])
-        losses = state["losses"]
-        logger.info("resuming fine-tuning at epoch %d, batch %d", loop.start_epoch + 1, loop.start_batch)
-    else:
-        torch.manual_seed(config.seed if rank == 0 else config.seed + 7919 * rank)  # own dropout per process
+    losses = _resume_or_seed(checkpoint_path, model, optimizer, scheduler, loop, config.seed)
 
     def save(epoch: int, batch: int, step: int) -> None:
         if checkpoint_path is None:
@@ -522,6 +506,29 @@ def train_task_model(
         "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
         "loss_curve": losses[::10],
     }
+
+
+def _resume_or_seed(checkpoint_path: Path | None, model, optimizer, scheduler, loop, seed: int) -> list[float]:
+    """An interrupted run's model, optimiser, schedule, random state and position restored from its
+    checkpoint (written by as many processes as now), or a new run's seed: the losses so far."""
+    rank, world = distributed.rank(), distributed.world_size()
+    state = load_training_state(checkpoint_path) if checkpoint_path else None
+    if state is None:
+        torch.manual_seed(seed if rank == 0 else seed + 7919 * rank)  # own dropout per process
+        return []
+    saved_world = state.get("world_size", 1)
+    if saved_world != world:
+        raise ValueError(
+            f"the checkpoint {checkpoint_path} was written by {saved_world} process(es); resume it with "
+            f"{saved_world} (now {world}): each process's share of every batch, and its dropout, must stay the same"
+        )
+    model.load_state_dict(state["model"], strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state.get("rng_per_process", [state["rng"]])[rank])
+    loop.resume_at(state["epoch"], state["batch"], state["step"])
+    logger.info("resuming fine-tuning at epoch %d, batch %d", loop.start_epoch + 1, loop.start_batch)
+    return state["losses"]
 
 
 def epochs_for(steps_per_epoch: int, config: FinetuneConfig) -> int:
@@ -599,28 +606,54 @@ def finetune(
     if device.type != "cpu" and is_quantized_folder(config.student):
         raise ValueError(f"student {config.student} is int8-quantised, which runs on the CPU only; use --device cpu")
     ctx = distributed.setup(device)
-    device = ctx.device
     show_progress = show_progress and ctx.is_main
     out = Path(out_dir)
     # run folder, --adapter, --teacher: before any work, on every process (one may lack a right)
     distributed.agree(lambda: check_finetune_inputs(out, config))
-    # A finished run is reused and an interrupted one resumed, but only with the settings it was started
-    # with: resuming another config's checkpoint would train with the old settings under the new label.
-    # A config left by a run that failed before training (no checkpoint, no model) binds nothing.
-    if (out / FINETUNE_CONFIG).is_file() and any((out / f).exists() for f in (METRICS, "checkpoint.pt", MODEL_DIR)):
-        saved = config_from_dict(FinetuneConfig, read_json(out / FINETUNE_CONFIG, "run config")["config"], str(out))
-        if saved != config:
-            raise ValueError(f"{out} holds a fine-tuning run with other settings; use another --out or delete it")
+    _check_resumable(out, config)
     if (out / METRICS).is_file():
         return read_json(out / METRICS, "metrics")
     splits = splits or load_splits(config)
     task = get_task(config.task)
+    model = _checked_model(task, splits, config).to(ctx.device)
+    if ctx.is_main:
+        claim_run_folder(out, "finetune_run")  # the marker is the first file alad writes there
+        write_json_atomic(out / FINETUNE_CONFIG, {"kind": "finetune_run", "config": config_to_dict(config)})
+    started = time.perf_counter()
+    training = _train_in_mode(model, task, splits, config, out, ctx, show_progress, stop_after_steps)
+    if "interrupted_at_step" in training:
+        distributed.barrier()  # the checkpoint is written when every process returns
+        return training
+    train_seconds = time.perf_counter() - started
+    check_finite_parameters((p for p in model.parameters() if p.requires_grad), "the task model")
+    model.metadata = {"finetune": config_to_dict(config), "data": splits.info}
+    finished = _TrainedRun(model, task, splits, config, training, train_seconds)
+    result = distributed.agree(lambda: finished.save_and_evaluate(out, show_progress), main_only=True)
+    distributed.barrier()
+    return result
+
+
+def _check_resumable(out: Path, config: FinetuneConfig) -> None:
+    """A finished run is reused and an interrupted one resumed, but only with the settings it was started
+    with: resuming another config's checkpoint would train with the old settings under the new label.
+    A config left by a run that failed before training (no checkpoint, no model) binds nothing."""
+    if (out / FINETUNE_CONFIG).is_file() and any((out / f).exists() for f in (METRICS, "checkpoint.pt", MODEL_DIR)):
+        saved = config_from_dict(FinetuneConfig, read_json(out / FINETUNE_CONFIG, "run config")["config"], str(out))
+        if saved != config:
+            raise ValueError(f"{out} holds a fine-tuning run with other settings; use another --out or delete it")
+
+
+def _checked_model(task, splits: TaskSplits, config: FinetuneConfig) -> AladTaskModel:
+    """The task model to train (new, or continued from ``init_from``), the data checked against its
+    labels and tokenizer first (QA: the longest question fits a window): failures before any work."""
     teacher = AladTaskModel.from_pretrained(Path(config.teacher) / MODEL_DIR) if config.teacher else None
     labels = task.label_set(splits.train, teacher)
     task.check_data(splits.train, labels, "the training data")
     task.check_data(splits.eval, labels, "the evaluation data")  # fail before training, not after
-    model = (
-        build_task_model(
+    if config.init_from:
+        model = continued_task_model(Path(config.init_from) / MODEL_DIR, config.task, labels)
+    else:
+        model = build_task_model(
             config.task,
             config.student,
             labels,
@@ -630,67 +663,66 @@ def finetune(
             head_from_teacher=config.head_init == "teacher",
             seed=config.seed,
         )
-        if not config.init_from
-        else continued_task_model(Path(config.init_from) / MODEL_DIR, config.task, labels)
-    )
-    model = model.to(device)
-    # the data against the model's tokenizer (QA: the longest question fits a window), before any work
     task.check_inputs(model, [*splits.train, *splits.eval, *(x for s in splits.extra_eval.values() for x in s)], config)
-    if ctx.is_main:
-        claim_run_folder(out, "finetune_run")  # the marker is the first file alad writes there
-        write_json_atomic(out / FINETUNE_CONFIG, {"kind": "finetune_run", "config": config_to_dict(config)})
-    started = time.perf_counter()
-    training: dict[str, Any] = {"steps": 0}
-    if config.mode != "teacher-head":
-        features, counts = training_features(model, task, splits, config, show_progress)
-        if ctx.active and len(features) < ctx.world_size:
-            raise ValueError(
-                f"{len(features)} training features cannot be shared by {ctx.world_size} processes: each needs at "
-                f"least one; use at most {max(1, len(features))} processes, or more training data"
-            )
-        training = train_task_model(
-            model,
-            features,
-            config,
-            out / "checkpoint.pt",
-            show_progress,
-            stop_after_steps,
-            labelled_features=counts["labelled_features"],
-        )
-        if "interrupted_at_step" in training:
-            distributed.barrier()  # the checkpoint is written when every process returns
-            return training
-        training.update(counts)
-    train_seconds = time.perf_counter() - started
-    check_finite_parameters((p for p in model.parameters() if p.requires_grad), "the task model")
-    model.metadata = {"finetune": config_to_dict(config), "data": splits.info}
+    return model
 
-    def finish() -> dict[str, Any]:  # the main process saves, evaluates and writes; the others get its result
+
+def _train_in_mode(model, task, splits, config, out: Path, ctx, show_progress: bool, stop_after_steps) -> dict:
+    """Stage 3 in ``config.mode`` (``teacher-head`` trains nothing): the training record."""
+    if config.mode == "teacher-head":
+        return {"steps": 0}
+    features, counts = training_features(model, task, splits, config, show_progress)
+    if ctx.active and len(features) < ctx.world_size:
+        raise ValueError(
+            f"{len(features)} training features cannot be shared by {ctx.world_size} processes: each needs at "
+            f"least one; use at most {max(1, len(features))} processes, or more training data"
+        )
+    training = train_task_model(
+        model,
+        features,
+        config,
+        out / "checkpoint.pt",
+        show_progress,
+        stop_after_steps,
+        labelled_features=counts["labelled_features"],
+    )
+    return training if "interrupted_at_step" in training else {**training, **counts}
+
+
+@dataclasses.dataclass
+class _TrainedRun:
+    """A trained task model and what it was trained on, ready to be saved and scored."""
+
+    model: AladTaskModel
+    task: Any
+    splits: TaskSplits
+    config: FinetuneConfig
+    training: dict
+    train_seconds: float
+
+    def save_and_evaluate(self, out: Path, show_progress: bool) -> dict[str, Any]:
+        """The main process saves, evaluates and writes ``metrics.json``; the others get its result."""
+        model, task, config = self.model, self.task, self.config
         model.save_pretrained(out / MODEL_DIR)
-        metrics = task.evaluate(model, splits.eval, config, show_progress)
+        metrics = task.evaluate(model, self.splits.eval, config, show_progress)
+        trained = config.mode != "teacher-head"
         result = {
             "task": config.task,
             "mode": config.mode,
             "split": config.eval_split,
-            "data": splits.info,
+            "data": self.splits.info,
             "headline": task.headline(metrics),
             "metrics": metrics,
             "params_total": model.num_parameters(),
-            "params_trained": sum(p.numel() for p in model.parameters() if p.requires_grad)
-            if config.mode != "teacher-head"
-            else 0,
-            "train_seconds": round(train_seconds, 1),
-            "training": training,
+            "params_trained": count_parameters(model, trainable_only=True) if trained else 0,
+            "train_seconds": round(self.train_seconds, 1),
+            "training": self.training,
         }
-        for name, items in splits.extra_eval.items():  # QA: squad_v1_eval, the SQuAD 1.1 dev articles
+        for name, items in self.splits.extra_eval.items():  # QA: squad_v1_eval, the SQuAD 1.1 dev articles
             result[name] = task.evaluate_extra(name, model, items, config, show_progress)
         write_json_atomic(out / METRICS, result)
         (out / "checkpoint.pt").unlink(missing_ok=True)
         return result
-
-    result = distributed.agree(finish, main_only=True)
-    distributed.barrier()
-    return result
 
 
 def training_features(
