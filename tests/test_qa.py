@@ -146,6 +146,20 @@ def test_partial_word_answer_is_a_token_superset(bert_dir):
     assert labelled_answer_text(ex2, f2) == "fox"
 
 
+def test_windows_wider_than_their_answer_and_answers_no_window_holds_are_counted(bert_dir, caplog):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(bert_dir)
+    wide = _ex("w", "Who?", "ox")  # starts inside "fox": its window's span is wider than the answer
+    long_answer = CONTEXT[: CONTEXT.index(" by the river")]  # longer than a window's context room
+    unheld = _ex("u", "What?", long_answer)
+    with caplog.at_level(logging.INFO, logger="alad.tasks.squad"):
+        features = prepare_qa_features([wide, EXAMPLES[0], unheld, EXAMPLES[4]], tok, max_length=24, doc_stride=4)
+    assert not any(f.end_position for f in features if f.example_index == 2)  # labelled null everywhere
+    assert "QA labels: 1 labelled windows cover more than the answer text" in caplog.text
+    assert "1 of 3 answerable questions have no window holding the whole answer" in caplog.text
+
+
 def test_answer_with_surrounding_whitespace(tokenizer):
     ex = QAExample("w", "t", CONTEXT, "Who?", [(" a long book ", CONTEXT.index(" a long book "))], False)
     feats = prepare_qa_features([ex], tokenizer)

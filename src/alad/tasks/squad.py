@@ -33,6 +33,7 @@ is also in training.
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 from collections.abc import Mapping, Sequence
@@ -190,59 +191,11 @@ def prepare_qa_features(
         _check_answers(example)
 
     features: list[QAFeature] = []
-    n_cut = n_inexact = n_unlabelled = n_answerable = 0
+    counts = collections.Counter()
     for lo in range(0, len(examples), _CHUNK):
         chunk = examples[lo : lo + _CHUNK]
-        questions, cut = _truncate_questions([ex.question.lstrip() for ex in chunk], tokenizer, max_question_tokens)
-        n_cut += cut
-        enc = tokenizer(
-            questions,
-            [ex.context for ex in chunk],
-            truncation="only_second",
-            max_length=max_length,
-            stride=doc_stride,
-            return_overflowing_tokens=True,
-            return_offsets_mapping=True,
-            padding=False,
-        )
-        labelled_in_example: dict[int, bool] = {}
-        for w, local in enumerate(enc["overflow_to_sample_mapping"]):
-            example = chunk[local]
-            seq_ids = enc.sequence_ids(w)
-            if seq_ids[0] is not None:
-                raise ValueError(
-                    "the tokenizer does not start a (question, context) pair with a special token; position 0 "
-                    "must be one ([CLS] or <s>) to carry the no-answer label"
-                )
-            offsets: list[tuple[int, int] | None] = [
-                (int(o[0]), int(o[1])) if sid == _CONTEXT else None
-                for o, sid in zip(enc["offset_mapping"][w], seq_ids, strict=True)
-            ]
-            start_pos = end_pos = 0
-            span = _answer_chars(example)
-            if span is not None:
-                start_pos, end_pos = _label_window(offsets, *span)
-                labelled_in_example.setdefault(local, False)
-                if end_pos:
-                    labelled_in_example[local] = True
-                    s, e = offsets[start_pos], offsets[end_pos]
-                    assert s is not None and e is not None
-                    if normalize_answer(example.context[s[0] : e[1]]) != normalize_answer(example.answers[0][0]):
-                        n_inexact += 1
-            features.append(
-                QAFeature(
-                    example_index=lo + local,
-                    input_ids=list(enc["input_ids"][w]),
-                    attention_mask=list(enc["attention_mask"][w]),
-                    token_type_ids=list(enc["token_type_ids"][w]) if "token_type_ids" in enc else None,
-                    offsets=offsets,
-                    start_position=start_pos,
-                    end_position=end_pos,
-                )
-            )
-        n_answerable += len(labelled_in_example)
-        n_unlabelled += sum(not v for v in labelled_in_example.values())
-
+        features += _chunk_features(chunk, lo, tokenizer, max_length, doc_stride, max_question_tokens, counts)
+    n_cut, n_inexact, n_unlabelled, n_answerable = (counts[k] for k in ("cut", "inexact", "unlabelled", "answerable"))
     if n_cut:
         logger.warning(
             "%d of %d questions had more than %d tokens and were cut to %d",
@@ -258,6 +211,68 @@ def prepare_qa_features(
             n_inexact, n_unlabelled, n_answerable,
         )  # fmt: skip
     return features
+
+
+def _chunk_features(
+    chunk: Sequence[QAExample], lo: int, tokenizer, max_length: int, doc_stride: int, max_question_tokens: int, counts
+) -> list[QAFeature]:
+    """The windows of ``chunk`` (examples ``lo``...), tokenized together; ``counts`` gathers the questions
+    cut, the labelled windows wider than their answer, and the answerable questions with no window."""
+    questions, cut = _truncate_questions([ex.question.lstrip() for ex in chunk], tokenizer, max_question_tokens)
+    counts["cut"] += cut
+    enc = tokenizer(
+        questions,
+        [ex.context for ex in chunk],
+        truncation="only_second",
+        max_length=max_length,
+        stride=doc_stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding=False,
+    )
+    features, labelled_in_example = [], {}
+    for w, local in enumerate(enc["overflow_to_sample_mapping"]):
+        feature = _window_feature(enc, w, chunk[local], lo + local)
+        if _answer_chars(chunk[local]) is not None:  # answerable: does this window hold the whole answer?
+            labelled = feature.end_position > 0
+            labelled_in_example[local] = labelled_in_example.get(local, False) or labelled
+            counts["inexact"] += int(labelled and not _exact_label(feature, chunk[local]))
+        features.append(feature)
+    counts["answerable"] += len(labelled_in_example)
+    counts["unlabelled"] += sum(not v for v in labelled_in_example.values())
+    return features
+
+
+def _window_feature(enc, w: int, example: QAExample, example_index: int) -> QAFeature:
+    """Window ``w`` of a tokenized chunk as a feature labelled with the answer's token span (0, 0: none)."""
+    seq_ids = enc.sequence_ids(w)
+    if seq_ids[0] is not None:
+        raise ValueError(
+            "the tokenizer does not start a (question, context) pair with a special token; position 0 "
+            "must be one ([CLS] or <s>) to carry the no-answer label"
+        )
+    offsets: list[tuple[int, int] | None] = [
+        (int(o[0]), int(o[1])) if sid == _CONTEXT else None
+        for o, sid in zip(enc["offset_mapping"][w], seq_ids, strict=True)
+    ]
+    span = _answer_chars(example)
+    start_pos, end_pos = _label_window(offsets, *span) if span is not None else (0, 0)
+    return QAFeature(
+        example_index=example_index,
+        input_ids=list(enc["input_ids"][w]),
+        attention_mask=list(enc["attention_mask"][w]),
+        token_type_ids=list(enc["token_type_ids"][w]) if "token_type_ids" in enc else None,
+        offsets=offsets,
+        start_position=start_pos,
+        end_position=end_pos,
+    )
+
+
+def _exact_label(feature: QAFeature, example: QAExample) -> bool:
+    """Whether a labelled window's token span holds exactly the answer text (normalised)."""
+    s, e = feature.offsets[feature.start_position], feature.offsets[feature.end_position]
+    assert s is not None and e is not None
+    return normalize_answer(example.context[s[0] : e[1]]) == normalize_answer(example.answers[0][0])
 
 
 def check_question_room(
