@@ -211,6 +211,25 @@ def _verify_saved(
         raise RuntimeError(f"the reloaded model's outputs differ from the cut model's (max abs diff {diff:.3g})")
 
 
+def _reusable(out_dir: Path, source: str, keep: list[int], fingerprint: str, overwrite: bool) -> bool:
+    """True where ``out_dir`` already holds this compression (checksum checked); refuses one holding
+    another unless ``overwrite``; False where there is nothing to reuse."""
+    previous = _existing_output(out_dir)
+    if previous is None:
+        return False
+    if _settings_match(previous, keep, fingerprint):
+        _check_reuse(out_dir, previous)
+        logger.info("reusing %s (same source and layers %s)", out_dir, keep)
+        return True
+    if not overwrite:
+        raise FileExistsError(
+            f"{out_dir} already holds a compression of {previous.get('source')!r} keeping layers "
+            f"{previous.get('kept_layers')}, not of {source!r} keeping {keep}; "
+            "choose another output folder, delete it, or pass overwrite=True"
+        )
+    return False
+
+
 def drop_layers(
     model_dir_or_name: str | os.PathLike,
     keep_layers: Sequence[int],
@@ -239,19 +258,8 @@ def drop_layers(
     keep = validate_keep_layers(keep_layers, len(source_layers))
     source_fingerprint = model_fingerprint(model)
 
-    previous = _existing_output(out_dir)
-    if previous is not None:
-        if _settings_match(previous, keep, source_fingerprint):
-            _check_reuse(out_dir, previous)
-            logger.info("reusing %s (same source and layers %s)", out_dir, keep)
-            return out_dir
-        if not overwrite:
-            raise FileExistsError(
-                f"{out_dir} already holds a compression of {previous.get('source')!r} keeping layers "
-                f"{previous.get('kept_layers')}, not of {str(model_dir_or_name)!r} keeping {keep}; "
-                "choose another output folder, delete it, or pass overwrite=True"
-            )
-
+    if _reusable(out_dir, str(model_dir_or_name), keep, source_fingerprint, overwrite):
+        return out_dir
     tokenizer = AutoTokenizer.from_pretrained(resolved)
     params_before = count_parameters(model)
     layers_before = len(source_layers)
