@@ -342,6 +342,19 @@ def test_qa_recipe_aligns_on_question_context_pairs(bert_dir, sentences, tmp_pat
     assert "noans_auc: the chance that an unanswerable question's no-answer score is above" in markdown
     assert "SQuAD 1.1 dev articles not in SQuAD 2.0 dev: 1 articles, 2 questions (2 evaluated); scoring: " in markdown
     assert "Training and evaluation disjoint by article: checked." in markdown
+    # a run from before a column existed (no cv_f1, noans_auc) still reports: blank cells, not a KeyError
+    older = {
+        **results,
+        "rows": [{k: v for k, v in r.items() if k not in ("cv_f1", "noans_auc")} for r in results["rows"]],
+    }
+    lines = format_results(older).splitlines()
+    header = next(line for line in lines if line.startswith("| row | f1 |"))
+    teacher_line = next(line for line in lines if line.startswith(f"| {TEACHER} |"))
+    cells = dict(
+        zip(*([c.strip() for c in line.strip("|").split("|")] for line in (header, teacher_line)), strict=True)
+    )
+    assert (cells["cv_f1"], cells["noans_auc"]) == ("", "")
+    assert cells["best_f1"] == f"{results['rows'][0]['best_f1']:.2f}" and cells["cv_HasAns_f1"]
     # benchmarks/rescore_run.py: every saved row again on the run's own evaluation items, same F1 (checked)
     rescore = load_benchmark("rescore_run").rescore
     rescored = rescore(tmp_path / "run", show_progress=False)

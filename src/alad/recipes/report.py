@@ -5,6 +5,7 @@ label budget)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from alad.tasks import get_task
@@ -20,6 +21,14 @@ def _fmt(value, pct: bool = False) -> str:
     return f"{100 * value:.0f}%" if pct else (f"{value:.2f}" if isinstance(value, float) else str(value))
 
 
+def _metric_cell(value, column: str) -> str:
+    """A task metric: blank where not measured (None, NaN, or a column added after the run), AUCs to 3
+    decimals (a fraction), the rest to 2 (percentages and points)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.3f}" if column.endswith("auc") else f"{value:.2f}"
+
+
 def format_results(results: dict) -> str:
     """Markdown: per pair, the alignment stages, the rows at the main label budget (metric beside
     params, latency, cosine, recovery), the label sweep and the stage-3 comparison."""
@@ -29,9 +38,25 @@ def format_results(results: dict) -> str:
     if extra_cols:
         cols += extra_cols
         results = {**results, "rows": [{**dict.fromkeys(extra_cols, float("nan")), **r} for r in results["rows"]]}
-    info = results["data"]
-    config = results["config"]
-    main = results.get("main_labels", info["train_items"])
+    main = results.get("main_labels", results["data"]["train_items"])
+    lines = _header_lines(results, main) + _no_answer_lines(results)
+    for pair in results["pairs"]:
+        lines += _pair_lines(results, pair, main, cols, task.main_metric)
+    lines += [
+        "",
+        "recovery = (row - student alone in the same mode and budget) / (teacher - that student); vs random = row "
+        "minus the random-init adapter trained the same way (points); share of teacher = teacher-head score / teacher "
+        "score (no task labels used for the student). KD rows read the teacher's soft predictions on the labelled "
+        "items and on unlabelled items of the training split (column 'unlabelled'), never their gold labels. "
+        f"{_latency_note(results.get('latency'))} 'cos to teacher' is measured on adapter rows only (held-out "
+        "evaluation texts).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _header_lines(results: dict, main: int) -> list[str]:
+    """Title, data, settings, command, machine, wall clock and (QA) the article split and evaluation sets."""
+    info, config = results["data"], results["config"]
     min_steps = (config.get("finetune") or {}).get("min_steps", 0)
     lines = [
         f"# {results['task'].upper()} results, profile {results['profile']}",
@@ -54,47 +79,46 @@ def format_results(results: dict) -> str:
     if "article_split" in info:
         split = info["article_split"]
         lines.append(f"Article split (seeded): {json.dumps({k: v for k, v in split.items() if 'titles' not in k})}")
-    lines += _evaluation_sets_lines(info)
+    return lines + _evaluation_sets_lines(info)
+
+
+def _no_answer_lines(results: dict) -> list[str]:
+    """SQuAD 2.0: the always-no-answer baseline and what each threshold column means."""
     baseline = next((r.get("no_answer_baseline") for r in results["rows"] if r.get("no_answer_baseline")), None)
-    if baseline:
-        lines.append(
-            f"Always-no-answer baseline on this evaluation set: EM {baseline['exact']:.2f}, F1 {baseline['f1']:.2f}. "
-            "F1 near it means a model that mostly answers 'no answer'; HasAns_f1 shows whether it finds spans. "
-            "f1, exact, HasAns_f1, NoAns_f1 abstain where the no-answer score is above 0; best_f1 at the threshold "
-            "best on these questions themselves (optimistic); cv_f1, cv_HasAns_f1 at a threshold chosen on the other "
-            "half of the evaluation articles (two folds by article). noans_auc: the chance that an unanswerable "
-            "question's no-answer score is above an answerable one's (1: it tells them apart; 0.5: not at all)."
-        )
-    for pair in results["pairs"]:
-        rows = [r for r in results["rows"] if r["pair"] == pair["name"]]
-        lines += ["", f"## {pair['name']}: {pair['student']} -> {pair['teacher']}", ""]
-        lines += [f"**WARNING: {warning}**\n" for warning in pair["warnings"]]
-        lines += _teacher_lines(rows)
-        lines += _alignment_table(pair.get("alignment") or {})
-        lines += ["", f"### Every row at {main} labels", ""]
-        lines += _rows_table([r for r in rows if r["kind"] != "variant" and r.get("labels") in (None, 0, main)], cols)
-        lines += _sweep_table(rows, task.main_metric)
-        missing = [m for m in results.get("missing", []) if m.startswith(pair["name"] + "/")]
-        if missing:
-            lines += [
-                "",
-                f"Not run yet ({len(missing)} rows, reported with --report-only): "
-                + ", ".join(f"`{m.split('/', 1)[1]}`" for m in missing),
-            ]
-        variants = [r for r in rows if r["kind"] == "variant"]
-        if variants:
-            lines += ["", f"### Stage 3 settings compared ({main} labels)", ""]
-            lines += _rows_table(variants, cols)
-    lines += [
-        "",
-        "recovery = (row - student alone in the same mode and budget) / (teacher - that student); vs random = row "
-        "minus the random-init adapter trained the same way (points); share of teacher = teacher-head score / teacher "
-        "score (no task labels used for the student). KD rows read the teacher's soft predictions on the labelled "
-        "items and on unlabelled items of the training split (column 'unlabelled'), never their gold labels. "
-        f"{_latency_note(results.get('latency'))} 'cos to teacher' is measured on adapter rows only (held-out "
-        "evaluation texts).",
+    if not baseline:
+        return []
+    return [
+        f"Always-no-answer baseline on this evaluation set: EM {baseline['exact']:.2f}, F1 {baseline['f1']:.2f}. "
+        "F1 near it means a model that mostly answers 'no answer'; HasAns_f1 shows whether it finds spans. "
+        "f1, exact, HasAns_f1, NoAns_f1 abstain where the no-answer score is above 0; best_f1 at the threshold "
+        "best on these questions themselves (optimistic); cv_f1, cv_HasAns_f1 at a threshold chosen on the other "
+        "half of the evaluation articles (two folds by article). noans_auc: the chance that an unanswerable "
+        "question's no-answer score is above an answerable one's (1: it tells them apart; 0.5: not at all)."
     ]
-    return "\n".join(lines) + "\n"
+
+
+def _pair_lines(results: dict, pair: dict, main: int, cols: list[str], metric: str) -> list[str]:
+    """One pair's section: warnings, teacher, alignment, the main rows, the sweep, rows not run, variants."""
+    rows = [r for r in results["rows"] if r["pair"] == pair["name"]]
+    lines = ["", f"## {pair['name']}: {pair['student']} -> {pair['teacher']}", ""]
+    lines += [f"**WARNING: {warning}**\n" for warning in pair["warnings"]]
+    lines += _teacher_lines(rows)
+    lines += _alignment_table(pair.get("alignment") or {})
+    lines += ["", f"### Every row at {main} labels", ""]
+    lines += _rows_table([r for r in rows if r["kind"] != "variant" and r.get("labels") in (None, 0, main)], cols)
+    lines += _sweep_table(rows, metric)
+    missing = [m for m in results.get("missing", []) if m.startswith(pair["name"] + "/")]
+    if missing:
+        lines += [
+            "",
+            f"Not run yet ({len(missing)} rows, reported with --report-only): "
+            + ", ".join(f"`{m.split('/', 1)[1]}`" for m in missing),
+        ]
+    variants = [r for r in rows if r["kind"] == "variant"]
+    if variants:
+        lines += ["", f"### Stage 3 settings compared ({main} labels)", ""]
+        lines += _rows_table(variants, cols)
+    return lines
 
 
 def _wall_clock_line(results: dict) -> str:
@@ -220,7 +244,7 @@ def _rows_table(rows: list[dict], cols: list[str]) -> list[str]:
     for row in rows:
         lines.append(
             f"| {row['name']} | "
-            + " | ".join(f"{row[c]:.2f}" for c in cols)
+            + " | ".join(_metric_cell(row.get(c), c) for c in cols)
             + f" | {_count(row['params'])} | {_count(row['params_trained'])} | {row.get('unlabelled_items') or ''} | "
             f"{_fmt(row.get('latency_ms_b1'))} | {_fmt(row.get('latency_ms_b32'))} | "
             f"{_fmt(row.get('latency_tokens_b1'))} | {_fmt(row.get('cosine_to_teacher'))} | "
