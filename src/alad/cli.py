@@ -390,12 +390,26 @@ def _add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from alad.alignment.trainer import AlignConfig
-    from alad.finetuning.trainer import FinetuneConfig
-
     parser = argparse.ArgumentParser(prog="alad", description="Alignment Adapters for compressed encoders.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add_command in (
+        _add_align_command,
+        _add_finetune_teacher_command,
+        _add_finetune_command,
+        _add_evaluate_command,
+        _add_predict_command,
+        _add_run_command,
+        _add_compress_command,
+        _add_export_command,
+        _add_info_command,
+    ):
+        add_command(sub)
+    return parser
+
+
+def _add_align_command(sub) -> None:
+    from alad.alignment.trainer import AlignConfig
 
     p_align = sub.add_parser(
         "align",
@@ -409,6 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_argument(p_align)
     p_align.set_defaults(func=_cmd_align)
 
+
+def _add_finetune_teacher_command(sub) -> None:
+    from alad.finetuning.trainer import FinetuneConfig
+
     p_teacher = sub.add_parser("finetune-teacher", help="stage 0: fine-tune the teacher on the task")
     p_teacher.add_argument(
         "--teacher", dest="teacher_model", help="teacher model name or folder (with --init-from: that run's encoder)"
@@ -420,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_argument(p_teacher)
     p_teacher.set_defaults(func=_cmd_finetune)
 
+
+def _add_finetune_command(sub) -> None:
+    from alad.finetuning.trainer import FinetuneConfig
+
     p_ft = sub.add_parser("finetune", help="stage 3: fine-tune student (+ adapter) + head in a mode")
     p_ft.add_argument("--out", required=True, help="run folder")
     p_ft.add_argument("--config", help="YAML or JSON file of options")
@@ -428,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_argument(p_ft)
     p_ft.set_defaults(func=_cmd_finetune)
 
+
+def _add_evaluate_command(sub) -> None:
     p_eval = sub.add_parser("evaluate", help="metrics, per-type scores, params and latency of a run")
     p_eval.add_argument("run", help="fine-tuning run folder")
     p_eval.add_argument("--split", default="test", help="train, dev or test (default: test)")
@@ -443,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--quiet", action="store_true", help="no progress bars")
     p_eval.set_defaults(func=_cmd_evaluate)
 
+
+def _add_predict_command(sub) -> None:
     p_pred = sub.add_parser("predict", help="tag a sentence or answer a question with a trained run")
     p_pred.add_argument("run", help="fine-tuning run folder")
     p_pred.add_argument("text", nargs="?", help="sentence to tag (words separated by spaces)")
@@ -450,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_pred.add_argument("--context", help="qa: the paragraph")
     p_pred.set_defaults(func=_cmd_predict)
 
+
+def _add_run_command(sub) -> None:
     p_run = sub.add_parser("run", help="the whole recipe with baselines and ablation from a YAML config")
     p_run.add_argument("config", help="e.g. configs/ner_conll03.yaml")
     p_run.add_argument("--profile", default="quick", help="quick or full (default: quick)")
@@ -476,6 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_argument(p_run)
     p_run.set_defaults(func=_cmd_run)
 
+
+def _add_compress_command(sub) -> None:
     from alad.compression import METHODS, _import_methods
 
     _import_methods()
@@ -495,6 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
         method.add_arguments(p_cmp)
     p_cmp.set_defaults(func=_cmd_compress)
 
+
+def _add_export_command(sub) -> None:
     p_exp = sub.add_parser(
         "export",
         help="export a fine-tuned run (student + adapter + head) as one ONNX graph, with tokenizer and labels",
@@ -510,10 +542,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_exp.add_argument("--parity-data", default=None, help="data of the parity check (default: the run's data)")
     p_exp.set_defaults(func=_cmd_export)
 
+
+def _add_info_command(sub) -> None:
     p_info = sub.add_parser("info", help="describe an adapter, an alignment run or a fine-tuning run folder")
     p_info.add_argument("path")
     p_info.set_defaults(func=_cmd_info)
-    return parser
 
 
 _WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
