@@ -431,7 +431,7 @@ ROWS = [
     ),
     # ----------------------------------------------------------------------------------------- info
     Row("info-missing", "info {tmp}/none", "does not exist"),
-    Row("info-not-alad", "info {user}", "is not an adapter folder"),
+    Row("info-not-alad", "info {user}", "is none of what alad info describes"),
     Row(
         "info-summary-missing-keys",
         "info {bad}",

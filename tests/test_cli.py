@@ -114,7 +114,7 @@ def test_info_on_adapter_and_run_folders(align_run, capsys, tmp_path):
     assert main(["info", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["info", str(tmp_path)]) == 2
-    assert "is not an adapter folder" in capsys.readouterr().err
+    assert "is none of what alad info describes: an adapter folder (adapter_config.json)" in capsys.readouterr().err
 
 
 def test_align_on_squad_question_context_pairs(bert_dir, roberta_dir, tmp_path, capsys):

@@ -116,73 +116,101 @@ def _cmd_align(args: argparse.Namespace) -> int:
 
 
 def describe(path: str | Path) -> str:
-    """Human-readable description of an adapter folder or an alignment run folder."""
-    from alad.adapters import CONFIG_FILE, AlignmentAdapter
+    """Human-readable description of an adapter, an alignment or fine-tuning run, a compressed model or
+    an ONNX export, recognised by the file each one writes."""
+    path = Path(path)
+    kinds = _described_kinds()
+    for marker, (_, describe_kind) in kinds.items():
+        if (path / marker).is_file():
+            return describe_kind(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    known = ", ".join(f"{what} ({marker})" for marker, (what, _) in kinds.items())
+    raise ArtefactError(f"{path} is none of what alad info describes: {known}")
+
+
+def _described_kinds() -> dict[str, tuple[str, Any]]:
+    """Marker file -> (what it marks, its describer), in the order they are tried."""
+    from alad.adapters import CONFIG_FILE
+    from alad.alignment.trainer import SUMMARY_JSON
+
+    return {
+        CONFIG_FILE: ("an adapter folder", _describe_adapter),
+        SUMMARY_JSON: ("an alignment run", _describe_alignment_run),
+        "metrics.json": ("a fine-tuning run", _describe_finetune_run),
+        "alad_compression.json": ("a compressed model", _describe_compressed),
+        "export.json": ("an ONNX export", _describe_export),
+    }
+
+
+def _describe_adapter(path: Path) -> str:
+    from alad.adapters import AlignmentAdapter
+
+    adapter = AlignmentAdapter.from_pretrained(path)
+    cfg, meta = adapter.config, adapter.metadata
+    options = cfg.describe_type()
+    kind = options.pop("adapter_type")
+    lines = [
+        f"alignment adapter: {path}",
+        f"  type: {kind}" + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else ""),
+        f"  window K={cfg.window}, student_dim={cfg.student_dim} -> teacher_dim={cfg.teacher_dim}, "
+        f"hidden={cfg.hidden_size}, {cfg.activation}, dropout={cfg.dropout}, format v{cfg.version}",
+        f"  parameters: {adapter.num_parameters():,}",
+    ]
+    for key in ("student", "teacher", "student_layer", "teacher_layer", "corpus", "init", "num_train", "num_val"):
+        if key in meta:
+            lines.append(f"  {key}: {meta[key]}")
+    if meta.get("best"):
+        best = meta["best"]
+        lines.append(
+            f"  best epoch {best['epoch']}: held-out cosine {best['val_cosine']:.4f}, MSE {best['val_mse']:.5f}"
+        )
+    if "mean_predictor" in meta:
+        lines.append(f"  trivial mean-token predictor: cosine {meta['mean_predictor']['cosine']:.4f}")
+    return "\n".join(lines)
+
+
+def _describe_alignment_run(path: Path) -> str:
     from alad.alignment.trainer import SUMMARY_JSON, format_summary
     from alad.io.serialization import read_json
 
-    path = Path(path)
-    if (path / CONFIG_FILE).is_file():
-        adapter = AlignmentAdapter.from_pretrained(path)
-        cfg, meta = adapter.config, adapter.metadata
-        options = cfg.describe_type()
-        kind = options.pop("adapter_type")
-        lines = [
-            f"alignment adapter: {path}",
-            f"  type: {kind}" + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else ""),
-            f"  window K={cfg.window}, student_dim={cfg.student_dim} -> teacher_dim={cfg.teacher_dim}, "
-            f"hidden={cfg.hidden_size}, {cfg.activation}, dropout={cfg.dropout}, format v{cfg.version}",
-            f"  parameters: {adapter.num_parameters():,}",
-        ]
-        for key in ("student", "teacher", "student_layer", "teacher_layer", "corpus", "init", "num_train", "num_val"):
-            if key in meta:
-                lines.append(f"  {key}: {meta[key]}")
-        if meta.get("best"):
-            best = meta["best"]
-            lines.append(
-                f"  best epoch {best['epoch']}: held-out cosine {best['val_cosine']:.4f}, MSE {best['val_mse']:.5f}"
-            )
-        if "mean_predictor" in meta:
-            lines.append(f"  trivial mean-token predictor: cosine {meta['mean_predictor']['cosine']:.4f}")
-        return "\n".join(lines)
-    if (path / SUMMARY_JSON).is_file():
-        summary = read_json(path / SUMMARY_JSON, "run summary")
-        return f"alignment run: {path}\n\n" + _format_saved(format_summary, summary, path / SUMMARY_JSON)
-    if (path / "metrics.json").is_file():
-        metrics = read_json(path / "metrics.json", "run metrics")
-        return f"fine-tuning run: {path}\n" + _format_saved(format_metrics, metrics, path / "metrics.json")
-    if (path / "alad_compression.json").is_file():
-        from alad.compression import read_record
+    summary = read_json(path / SUMMARY_JSON, "run summary")
+    return f"alignment run: {path}\n\n" + _format_saved(format_summary, summary, path / SUMMARY_JSON)
 
-        record = read_record(path) or {}
-        keys = ("method", "settings", "kept_layers", "source", "parameters_before", "parameters_after")
-        lines = [f"compressed model: {path}"]
-        lines += [
-            f"  {key}: {record[key]}" for key in (*keys, "size_bytes_before", "size_bytes_after") if key in record
-        ]
-        return "\n".join(lines)
-    if (path / "export.json").is_file():
-        from alad.io.serialization import read_json
 
-        header = read_json(path / "export.json", "export header")
-        keys = (
-            "format",
-            "quantize",
-            "task",
-            "labels",
-            "student",
-            "has_adapter",
-            "adapter_type",
-            "alad_version",
-            "source_run",
-        )
-        return "\n".join([f"ONNX export: {path}"] + [f"  {k}: {header.get(k)}" for k in keys])
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    raise ArtefactError(
-        f"{path} is not an adapter folder ({CONFIG_FILE}), an alignment run ({SUMMARY_JSON}) or a fine-tuning run "
-        "(metrics.json)"
+def _describe_finetune_run(path: Path) -> str:
+    from alad.io.serialization import read_json
+
+    metrics = read_json(path / "metrics.json", "run metrics")
+    return f"fine-tuning run: {path}\n" + _format_saved(format_metrics, metrics, path / "metrics.json")
+
+
+def _describe_compressed(path: Path) -> str:
+    from alad.compression import read_record
+
+    record = read_record(path) or {}
+    keys = ("method", "settings", "kept_layers", "source", "parameters_before", "parameters_after")
+    lines = [f"compressed model: {path}"]
+    lines += [f"  {key}: {record[key]}" for key in (*keys, "size_bytes_before", "size_bytes_after") if key in record]
+    return "\n".join(lines)
+
+
+def _describe_export(path: Path) -> str:
+    from alad.io.serialization import read_json
+
+    header = read_json(path / "export.json", "export header")
+    keys = (
+        "format",
+        "quantize",
+        "task",
+        "labels",
+        "student",
+        "has_adapter",
+        "adapter_type",
+        "alad_version",
+        "source_run",
     )
+    return "\n".join([f"ONNX export: {path}"] + [f"  {k}: {header.get(k)}" for k in keys])
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
