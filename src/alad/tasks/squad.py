@@ -461,6 +461,42 @@ def _as_array(logits: torch.Tensor | np.ndarray | Sequence[float], length: int, 
     return arr[:length]
 
 
+def _features_by_example(examples: Sequence[QAExample], features: Sequence[QAFeature]) -> dict[int, list[int]]:
+    """Feature indices per example index; every feature's example must exist and every example have one."""
+    by_example: dict[int, list[int]] = {}
+    for fi, f in enumerate(features):
+        if not 0 <= f.example_index < len(examples):
+            raise ValueError(f"feature {fi} has example_index {f.example_index}, outside the {len(examples)} examples")
+        by_example.setdefault(f.example_index, []).append(fi)
+    for ei, example in enumerate(examples):
+        if ei not in by_example:
+            raise ValueError(f"question {example.id}: no features (were features built from these examples?)")
+    return by_example
+
+
+def _best_span(
+    f: QAFeature, start: np.ndarray, end: np.ndarray, n_best: int, max_answer_length: int
+) -> tuple[float, int, int] | None:
+    """The window's best span among its ``n_best`` start and end context tokens: (score, first character,
+    end character), or None where it holds no context token with text or no span fits."""
+    # context tokens with a non-empty span: zero-width tokens would give empty answers
+    valid = np.array([o is not None and o[1] > o[0] for o in f.offsets], dtype=bool)
+    if not valid.any():
+        return None
+    positions = np.flatnonzero(valid)
+    starts = positions[np.argsort(-start[positions], kind="stable")[:n_best]]
+    ends = positions[np.argsort(-end[positions], kind="stable")[:n_best]]
+    length = ends[None, :] - starts[:, None] + 1
+    scores = start[starts][:, None] + end[ends][None, :]
+    scores = np.where((length >= 1) & (length <= max_answer_length), scores, -np.inf)
+    i, j = np.unravel_index(int(np.argmax(scores)), scores.shape)
+    if not np.isfinite(scores[i, j]):
+        return None
+    s_off, e_off = f.offsets[starts[i]], f.offsets[ends[j]]
+    assert s_off is not None and e_off is not None
+    return float(scores[i, j]), s_off[0], e_off[1]
+
+
 def decode_qa(
     examples: Sequence[QAExample],
     features: Sequence[QAFeature],
@@ -487,17 +523,10 @@ def decode_qa(
         raise ValueError(f"{len(features)} features but {len(start_logits)} start and {len(end_logits)} end logit rows")
     if n_best < 1 or max_answer_length < 1:
         raise ValueError(f"need n_best >= 1 and max_answer_length >= 1, got {n_best}, {max_answer_length}")
-    by_example: dict[int, list[int]] = {}
-    for fi, f in enumerate(features):
-        if not 0 <= f.example_index < len(examples):
-            raise ValueError(f"feature {fi} has example_index {f.example_index}, outside the {len(examples)} examples")
-        by_example.setdefault(f.example_index, []).append(fi)
-
+    by_example = _features_by_example(examples, features)
     predictions: dict[str, str] = {}
     na_scores: dict[str, float] = {}
     for ei, example in enumerate(examples):
-        if ei not in by_example:
-            raise ValueError(f"question {example.id}: no features (were features built from these examples?)")
         null_score = float("inf")
         best_score, best_text = float("-inf"), ""
         for fi in by_example[ei]:
@@ -505,22 +534,9 @@ def decode_qa(
             start = _as_array(start_logits[fi], len(f.input_ids), f"start_logits[{fi}]")
             end = _as_array(end_logits[fi], len(f.input_ids), f"end_logits[{fi}]")
             null_score = min(null_score, float(start[0] + end[0]))
-            # context tokens with a non-empty span: zero-width tokens would give empty answers
-            valid = np.array([o is not None and o[1] > o[0] for o in f.offsets], dtype=bool)
-            if not valid.any():
-                continue
-            positions = np.flatnonzero(valid)
-            starts = positions[np.argsort(-start[positions], kind="stable")[:n_best]]
-            ends = positions[np.argsort(-end[positions], kind="stable")[:n_best]]
-            length = ends[None, :] - starts[:, None] + 1
-            scores = start[starts][:, None] + end[ends][None, :]
-            scores = np.where((length >= 1) & (length <= max_answer_length), scores, -np.inf)
-            i, j = np.unravel_index(int(np.argmax(scores)), scores.shape)
-            if np.isfinite(scores[i, j]) and scores[i, j] > best_score:
-                s_off, e_off = f.offsets[starts[i]], f.offsets[ends[j]]
-                assert s_off is not None and e_off is not None
-                best_score = float(scores[i, j])
-                best_text = example.context[s_off[0] : e_off[1]]
+            span = _best_span(f, start, end, n_best, max_answer_length)
+            if span is not None and span[0] > best_score:
+                best_score, best_text = span[0], example.context[span[1] : span[2]]
         predictions[example.id] = best_text
         na_scores[example.id] = null_score - best_score if np.isfinite(best_score) else float("inf")
     return predictions, na_scores
