@@ -295,68 +295,72 @@ def load_texts(config: AlignConfig) -> list[AlignText]:
 
 def _init_adapters(config: AlignConfig, student_dim: int, teacher_dim: int) -> dict[int, AlignmentAdapter]:
     """Fresh adapters, or those of ``config.init`` (an adapter folder or a run folder of them)."""
-    options = config.adapter_options()
     if config.init is None:
         windows = config.windows or (1, 3, 5)
-        adapters = {}
-        for window in windows:
-            torch.manual_seed(config.seed * 1000 + window)
-            adapters[window] = AlignmentAdapter(
-                AdapterConfig(
-                    student_dim=student_dim,
-                    teacher_dim=teacher_dim,
-                    window=window,
-                    hidden_size=config.hidden_size or DEFAULT_HIDDEN_SIZE,
-                    activation=config.activation,
-                    dropout=config.dropout,
-                    adapter_type=config.adapter_type or "mlp",
-                    **options,
-                )
-            )
-        return adapters
+        return {window: _fresh_adapter(config, window, student_dim, teacher_dim) for window in windows}
     init = Path(config.init)
-    if not init.is_dir():
-        raise FileNotFoundError(f"--init {init} is not a folder; pass an adapter folder or an alignment run folder")
-    found = {}
-    if (init / "adapter_config.json").is_file():
-        adapter = AlignmentAdapter.from_pretrained(init)
-        found[adapter.config.window] = adapter
-    else:
-        for sub in sorted(init.glob("w*")):
-            if (sub / "adapter_config.json").is_file():
-                adapter = AlignmentAdapter.from_pretrained(sub)
-                found[adapter.config.window] = adapter
-    if not found:
-        raise ArtefactError(f"--init {init} holds no adapter (adapter_config.json, or w<K>/adapter_config.json)")
+    found = _saved_adapters(init)
     windows = config.windows or tuple(sorted(found))
     missing = [w for w in windows if w not in found]
     if missing:
         raise ValueError(f"--init {init} has adapters for windows {sorted(found)}, not for {missing}")
     for window in windows:
-        cfg = found[window].config
-        if (cfg.student_dim, cfg.teacher_dim) != (student_dim, teacher_dim):
-            raise ValueError(
-                f"--init adapter w{window} maps {cfg.student_dim} -> {cfg.teacher_dim} dims, but this student has "
-                f"{student_dim} and this teacher {teacher_dim}: it was aligned for another pair"
-            )
-        if config.adapter_type is not None and cfg.adapter_type != config.adapter_type:
-            raise ValueError(
-                f"--init adapter w{window} is of type {cfg.adapter_type!r}, not --adapter-type "
-                f"{config.adapter_type}; leave --adapter-type out to continue it, or align from scratch without --init"
-            )
-        if config.hidden_size is not None and cfg.hidden_size != config.hidden_size:
-            raise ValueError(
-                f"--hidden-size {config.hidden_size} does not match the --init adapter w{window} (hidden_size="
-                f"{cfg.hidden_size}); leave --hidden-size out to continue that adapter"
-            )
-        for name, value in options.items():
-            if getattr(cfg, name) != value:
-                flag = "--" + name.replace("_", "-")
-                raise ValueError(
-                    f"{flag} {value} does not match the --init adapter w{window} ({cfg.adapter_type!r} adapter, "
-                    f"{name}={getattr(cfg, name)}); leave {flag} out to continue that adapter"
-                )
+        _check_continuable(found[window].config, config, student_dim, teacher_dim)
     return {w: found[w] for w in windows}
+
+
+def _fresh_adapter(config: AlignConfig, window: int, student_dim: int, teacher_dim: int) -> AlignmentAdapter:
+    torch.manual_seed(config.seed * 1000 + window)
+    return AlignmentAdapter(
+        AdapterConfig(
+            student_dim=student_dim,
+            teacher_dim=teacher_dim,
+            window=window,
+            hidden_size=config.hidden_size or DEFAULT_HIDDEN_SIZE,
+            activation=config.activation,
+            dropout=config.dropout,
+            adapter_type=config.adapter_type or "mlp",
+            **config.adapter_options(),
+        )
+    )
+
+
+def _saved_adapters(init: Path) -> dict[int, AlignmentAdapter]:
+    """The adapters of an adapter folder, or of a run folder's ``w<K>`` folders, by window."""
+    if not init.is_dir():
+        raise FileNotFoundError(f"--init {init} is not a folder; pass an adapter folder or an alignment run folder")
+    folders = [init] if (init / "adapter_config.json").is_file() else sorted(init.glob("w*"))
+    adapters = [AlignmentAdapter.from_pretrained(f) for f in folders if (f / "adapter_config.json").is_file()]
+    if not adapters:
+        raise ArtefactError(f"--init {init} holds no adapter (adapter_config.json, or w<K>/adapter_config.json)")
+    return {adapter.config.window: adapter for adapter in adapters}
+
+
+def _check_continuable(cfg: AdapterConfig, config: AlignConfig, student_dim: int, teacher_dim: int) -> None:
+    """An --init adapter continues only with this pair's widths and the shape options the flags name."""
+    window = cfg.window
+    if (cfg.student_dim, cfg.teacher_dim) != (student_dim, teacher_dim):
+        raise ValueError(
+            f"--init adapter w{window} maps {cfg.student_dim} -> {cfg.teacher_dim} dims, but this student has "
+            f"{student_dim} and this teacher {teacher_dim}: it was aligned for another pair"
+        )
+    if config.adapter_type is not None and cfg.adapter_type != config.adapter_type:
+        raise ValueError(
+            f"--init adapter w{window} is of type {cfg.adapter_type!r}, not --adapter-type "
+            f"{config.adapter_type}; leave --adapter-type out to continue it, or align from scratch without --init"
+        )
+    if config.hidden_size is not None and cfg.hidden_size != config.hidden_size:
+        raise ValueError(
+            f"--hidden-size {config.hidden_size} does not match the --init adapter w{window} (hidden_size="
+            f"{cfg.hidden_size}); leave --hidden-size out to continue that adapter"
+        )
+    for name, value in config.adapter_options().items():
+        if getattr(cfg, name) != value:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(
+                f"{flag} {value} does not match the --init adapter w{window} ({cfg.adapter_type!r} adapter, "
+                f"{name}={getattr(cfg, name)}); leave {flag} out to continue that adapter"
+            )
 
 
 def warmup_linear_decay(total_steps: int, warmup_ratio: float):
