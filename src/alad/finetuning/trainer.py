@@ -204,6 +204,14 @@ class FinetuneConfig:
     max_answer_length: int = field(default=30, metadata={"help": "qa: longest answer span in tokens"})
 
     def __post_init__(self) -> None:
+        self._check_mode()
+        self._check_distillation()
+        self._check_adapter_settings()
+        self._check_init_from()
+        validate_finetune_config(self)  # types, finite numbers, ranges, data format against task
+        self._check_squad_settings()
+
+    def _check_mode(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {sorted(TASKS)}, got {self.task!r}")
         if self.mode not in MODES:
@@ -216,6 +224,8 @@ class FinetuneConfig:
             raise ValueError(joint_mode_error(self.student))
         if self.head_init not in HEAD_INITS:
             raise ValueError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
+
+    def _check_distillation(self) -> None:
         if not 0.0 <= self.kd_weight <= 1.0:
             raise ValueError(f"kd_weight must be in [0, 1], got {self.kd_weight}")
         if not (math.isfinite(self.kd_temperature) and self.kd_temperature > 0):
@@ -231,6 +241,8 @@ class FinetuneConfig:
             raise ValueError(f"kd_steps must be one of {KD_STEPS}, got {self.kd_steps!r}")
         if self.kd_max_texts is not None and self.kd_max_texts < 1:
             raise ValueError(f"kd_max_texts must be >= 1 or None, got {self.kd_max_texts}")
+
+    def _check_adapter_settings(self) -> None:
         if not (math.isfinite(self.align_weight) and self.align_weight >= 0):
             raise ValueError(f"align_weight must be >= 0, got {self.align_weight}")
         if self.align_weight > 0 and not (self.adapter and self.teacher):
@@ -240,6 +252,8 @@ class FinetuneConfig:
                 "head_init 'teacher' needs --adapter (its output is in the teacher's space) and --teacher "
                 "(whose head is copied)"
             )
+
+    def _check_init_from(self) -> None:
         if self.init_from:
             if self.adapter or self.mode != "joint" or self.head_init != "random":
                 raise ValueError(
@@ -250,7 +264,8 @@ class FinetuneConfig:
             self.student = encoder if self.student == MINILM else self.student  # the default: the run's own
             if Path(self.student) != Path(encoder):
                 raise ValueError(f"--init-from trains {encoder} further; leave --student out (it is {self.student})")
-        validate_finetune_config(self)  # types, finite numbers, ranges, data format against task
+
+    def _check_squad_settings(self) -> None:
         share = self.squad_unanswerable_share
         squad_settings = self.squad_v1_train or self.squad_v1_eval or self.squad_negatives or self.squad_v1
         squad_settings = squad_settings or self.squad_negative_kind != DEFAULT_NEGATIVE_KIND
