@@ -181,7 +181,8 @@ def test_a_failed_latency_process_says_how_to_time_in_this_one(monkeypatch):
     monkeypatch.setattr(sys, "executable", "false")  # a child that fails at once
     splits = types.SimpleNamespace(eval=[])
     with pytest.raises(RuntimeError, match=r"latency pass \(a fresh process\) failed.*fresh_process: false"):
-        time_rows({"latency": {"rounds": 1}}, types.SimpleNamespace(task="ner"), splits, [], False)
+        time_rows({"latency": {"rounds": 1}}, types.SimpleNamespace(task="ner"), splits, [{"model_dir": "m"}], False)
+    assert time_rows({}, types.SimpleNamespace(task="ner"), splits, [{"model_dir": None}], False) == {}  # none timed
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ LATENCY_HELP = {
     "rounds": "interleaved rounds; each row's time is the median over rounds",
     "batches": "calls per batch size in each round",
     "threads": "torch threads to time with (default: the run's)",
-    "fresh_process": "time in a process spawned for the pass, not the one that trained (default true)",
+    "fresh_process": "time in a new process started for the pass, not the one that trained (default true)",
 }
 ROW_FIELDS = ("latency_ms_b1", "latency_ms_b32", "latency_tokens_b1")
 
@@ -66,6 +66,8 @@ def time_rows(
     caller's script runs again there), with this process's torch threads.
     """
     settings = {**LATENCY_DEFAULTS, **(config.get("latency") or {})}
+    if not any(row.get("model_dir") for row in rows):
+        return {}
     if not settings["fresh_process"]:
         info = _time_rows_here(settings, template, splits.eval, rows, show_progress)
         return {**info, "fresh_process": False} if info else info
