@@ -433,9 +433,9 @@ def answerability_auc(gold: Mapping[str, Sequence[str]], na_probs: Mapping[str, 
     """How well the no-answer score ranks: the probability that a random unanswerable question has a
     higher ``na_prob`` than a random answerable one (ties count half; ROC AUC, Mann-Whitney), in [0, 1].
 
-    0.5 is no ranking at all, whatever the threshold: then no threshold abstains on the unanswerable
-    questions more than on the answerable ones, and F1 stays near "always no answer" or below. None
-    where the questions are all answerable or all unanswerable.
+    0.5 is no ranking (a score unrelated to answerability): near it, abstaining drops answerable
+    questions about as often as unanswerable ones, whatever the threshold, and SQuAD 2.0 F1 stays near
+    "always no answer" or below. None where the questions are all answerable or all unanswerable.
     """
     missing = [q for q in gold if q not in na_probs]
     if missing:
