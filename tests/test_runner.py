@@ -546,6 +546,13 @@ def test_qa_quick_12k_profile_is_the_quick_profile_at_12000_labels_with_its_teac
     assert (larger["max_train"], larger["kd"], larger["modes"]) == (12000, None, ["frozen", "joint", "teacher-head"])
     changed = ("max_train", "kd", "modes", "profile")
     assert {k: v for k, v in larger.items() if k not in changed} == {k: v for k, v in quick.items() if k not in changed}
+    # quick-l4: a 4-layer student of the same teacher, the quick profile's questions
+    milder = load_run_config(path, "quick-l4")
+    check_recipe(milder)
+    assert teacher(milder) == teacher(quick) and milder["max_train"] == quick["max_train"]
+    (pair,) = milder["pairs"]
+    assert pair["student"] == {"compress": "all-MiniLM-L6-v2", "keep_layers": [0, 1, 2, 3]}
+    assert pair["teacher"] == quick["pairs"][0]["teacher"]
 
 
 # --------------------------------------------------------------------------------------------------
