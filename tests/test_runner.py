@@ -529,9 +529,9 @@ def test_qa_config_profiles_accept_the_real_squad_pool(profile, tmp_path):
     )
 
 
-def test_qa_quick_12k_profile_is_the_quick_profile_at_12000_labels_with_its_teacher():
-    """quick-12k changes the students' budget and drops the KD and head-only rows, nothing else: the
-    teacher's settings (its key) are the quick profile's, so its one-off teacher is reused."""
+def test_qa_experiment_profiles_reuse_the_quick_profiles_teacher():
+    """quick-12k changes the students' budget and drops the KD and head-only rows, nothing else; quick-l4
+    the student: the teacher's settings (its key) are the quick profile's, so its one-off teacher is reused."""
     from alad.recipes.runner import check_recipe, recipe_finetune_config
 
     path = Path(__file__).parents[1] / "configs" / "qa_squad2.yaml"
