@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from alad.finetuning.trainer import load_run, load_splits
 from alad.io.serialization import read_json, write_json_atomic, write_text_atomic
+from alad.recipes.report import metric_cell
 from alad.recipes.runner import machine_info, recipe_finetune_config
 from alad.tasks import get_task
 
@@ -75,14 +76,8 @@ def format_table(summary: dict) -> str:
         "|---|" + "---|" * len(columns),
     ]
     for row in summary["rows"]:
-        lines.append(f"| {row['name']} | " + " | ".join(_fmt(row[c], c) for c in columns) + " |")
+        lines.append(f"| {row['name']} | " + " | ".join(metric_cell(row[c], c) for c in columns) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _fmt(value, column: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return f"{value:.3f}" if "auc" in column else f"{value:.2f}"
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ def _fmt(value, pct: bool = False) -> str:
     return f"{100 * value:.0f}%" if pct else (f"{value:.2f}" if isinstance(value, float) else str(value))
 
 
-def _metric_cell(value, column: str) -> str:
+def metric_cell(value, column: str) -> str:
     """A task metric: blank where not measured (None, NaN, or a column added after the run), AUCs to 3
     decimals (a fraction), the rest to 2 (percentages and points)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -244,7 +244,7 @@ def _rows_table(rows: list[dict], cols: list[str]) -> list[str]:
     for row in rows:
         lines.append(
             f"| {row['name']} | "
-            + " | ".join(_metric_cell(row.get(c), c) for c in cols)
+            + " | ".join(metric_cell(row.get(c), c) for c in cols)
             + f" | {_count(row['params'])} | {_count(row['params_trained'])} | {row.get('unlabelled_items') or ''} | "
             f"{_fmt(row.get('latency_ms_b1'))} | {_fmt(row.get('latency_ms_b32'))} | "
             f"{_fmt(row.get('latency_tokens_b1'))} | {_fmt(row.get('cosine_to_teacher'))} | "

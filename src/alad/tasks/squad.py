@@ -232,8 +232,9 @@ def _chunk_features(
     )
     features, labelled_in_example = [], {}
     for w, local in enumerate(enc["overflow_to_sample_mapping"]):
-        feature = _window_feature(enc, w, chunk[local], lo + local)
-        if _answer_chars(chunk[local]) is not None:  # answerable: does this window hold the whole answer?
+        span = _answer_chars(chunk[local])
+        feature = _window_feature(enc, w, lo + local, span)
+        if span is not None:  # answerable: does this window hold the whole answer?
             labelled = feature.end_position > 0
             labelled_in_example[local] = labelled_in_example.get(local, False) or labelled
             counts["inexact"] += int(labelled and not _exact_label(feature, chunk[local]))
@@ -243,8 +244,9 @@ def _chunk_features(
     return features
 
 
-def _window_feature(enc, w: int, example: QAExample, example_index: int) -> QAFeature:
-    """Window ``w`` of a tokenized chunk as a feature labelled with the answer's token span (0, 0: none)."""
+def _window_feature(enc, w: int, example_index: int, span: tuple[int, int] | None) -> QAFeature:
+    """Window ``w`` of a tokenized chunk as a feature labelled with the token span of the answer's
+    characters ``span`` (0, 0: none, or no answer)."""
     seq_ids = enc.sequence_ids(w)
     if seq_ids[0] is not None:
         raise ValueError(
@@ -255,7 +257,6 @@ def _window_feature(enc, w: int, example: QAExample, example_index: int) -> QAFe
         (int(o[0]), int(o[1])) if sid == _CONTEXT else None
         for o, sid in zip(enc["offset_mapping"][w], seq_ids, strict=True)
     ]
-    span = _answer_chars(example)
     start_pos, end_pos = _label_window(offsets, *span) if span is not None else (0, 0)
     return QAFeature(
         example_index=example_index,
